@@ -1,0 +1,50 @@
+"""Decoding state and sampling, shared by every model with a recurrent `step`.
+
+Imports nothing from the package (models import this, not the other way round).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class InferenceCache:
+    """Recurrent state of a whole model: one entry per layer, plus how many positions it has seen.
+
+    `layers[i]` is whatever layer i's `allocate_cache` returned (for Mamba: conv and SSM states).
+    """
+
+    layers: list = field(default_factory=list)
+    seqlen_offset: int = 0
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one token per row from logits (B, V); returns (B,) int64.
+
+    temperature 0 means greedy (argmax); top_k 0 and top_p 1.0 disable those filters.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0; got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1]; got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 disables it); got {top_k}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token once the mass *before* it already reaches top_p: the top token always stays
+        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,182 @@
+"""Mamba language model, state_dict-compatible with mamba_ssm's `MambaLMHeadModel`.
+
+    ids (B, L) -> embedding -> n_layer x [residual add -> norm -> Mamba] -> residual add -> norm_f
+        -> lm_head -> logits (B, L, V)   (V = vocab_size padded to a multiple of 8)
+
+Keys: backbone.embedding.weight, backbone.layers.{i}.norm.weight, backbone.layers.{i}.mixer.*,
+backbone.norm_f.weight, lm_head.weight, so a mamba_ssm checkpoint loads with `load_state_dict`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.generation import InferenceCache, sample_logits
+from core.modules.mamba import Mamba
+from core.modules.norm import RMSNorm
+
+
+@dataclass
+class MambaConfig:
+    d_model: int
+    n_layer: int
+    vocab_size: int
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    rms_norm: bool = True  # False: LayerNorm (weight and bias), as mamba_ssm's rms_norm=False
+    residual_in_fp32: bool = True  # the residual stream sums n_layer updates: keep it out of bf16
+    tie_embeddings: bool = True
+    pad_vocab_size_multiple: int = 8  # lm_head rows padded so the matmul tiles evenly
+    norm_epsilon: float = 1e-5
+    backend: str = "auto"  # selective-scan backend for every layer, see core.ops.selective_scan
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_size_multiple
+        return math.ceil(self.vocab_size / m) * m
+
+
+class Block(nn.Module):
+    """Add -> Norm -> Mixer: the residual add sits before the norm so add and norm fuse (mamba_ssm's order)."""
+
+    def __init__(self, config: MambaConfig):
+        super().__init__()
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.norm = (RMSNorm(config.d_model, eps=config.norm_epsilon) if config.rms_norm
+                     else nn.LayerNorm(config.d_model, eps=config.norm_epsilon))
+        self.mixer = Mamba(config.d_model, d_state=config.d_state, d_conv=config.d_conv, expand=config.expand,
+                           backend=config.backend)
+
+    def _add_norm(self, hidden, residual):
+        residual = hidden if residual is None else hidden + residual
+        hidden = self.norm(residual.to(self.norm.weight.dtype))
+        return hidden, residual.float() if self.residual_in_fp32 else residual
+
+    def forward(self, hidden, residual=None, cache=None):
+        """hidden, residual: (B, L, D) -> (mixer output, residual)."""
+        hidden, residual = self._add_norm(hidden, residual)
+        return self.mixer(hidden, cache), residual
+
+    def step(self, hidden, residual, cache):
+        """hidden, residual: (B, D) one position."""
+        hidden, residual = self._add_norm(hidden, residual)
+        return self.mixer.step(hidden, cache), residual
+
+
+class MambaBackbone(nn.Module):
+    def __init__(self, config: MambaConfig):
+        super().__init__()
+        self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = (RMSNorm(config.d_model, eps=config.norm_epsilon) if config.rms_norm
+                       else nn.LayerNorm(config.d_model, eps=config.norm_epsilon))
+
+    def _final(self, hidden, residual):
+        residual = hidden + residual
+        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+
+    def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None) -> torch.Tensor:
+        """input_ids: (B, L) -> hidden states after the final norm (B, L, D)."""
+        hidden, residual = self.embedding(input_ids), None
+        for i, layer in enumerate(self.layers):
+            hidden, residual = layer(hidden, residual, None if cache is None else cache.layers[i])
+        if cache is not None:
+            cache.seqlen_offset += input_ids.shape[1]
+        return self._final(hidden, residual)
+
+    def step(self, tokens: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        """tokens: (B,) -> hidden state after the final norm (B, D)."""
+        hidden, residual = self.embedding(tokens), None
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            hidden, residual = layer.step(hidden, residual, layer_cache)
+        cache.seqlen_offset += 1
+        return self._final(hidden, residual)
+
+
+class MambaLM(nn.Module):
+    def __init__(self, config: MambaConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = MambaBackbone(config)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        self.apply(lambda module: _init_weights(module, config.n_layer))
+        if config.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+
+    def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None) -> torch.Tensor:
+        """input_ids: (B, L) int64 -> logits (B, L, V). With `cache`, continue from it and update it."""
+        return self.lm_head(self.backbone(input_ids, cache))
+
+    def new_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> InferenceCache:
+        """Empty recurrent state for `batch_size` sequences; fill it with `model(ids, cache=cache)`."""
+        return InferenceCache([layer.mixer.allocate_cache(batch_size, dtype) for layer in self.backbone.layers])
+
+    def step(self, tokens: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        """tokens: (B,) the next token of each sequence -> logits (B, V); updates `cache`."""
+        return self.lm_head(self.backbone.step(tokens, cache))
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample continuations: input_ids (B, L0) -> (B, L0 + max_new_tokens).
+
+        The prompt is run in parallel once, then one recurrent `step` per new token; padding
+        rows of the vocabulary are never sampled.
+        """
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"generate: input_ids must be (batch, length >= 1); got shape {tuple(input_ids.shape)}")
+        cache = self.new_cache(input_ids.shape[0])
+        logits = self(input_ids, cache=cache)[:, -1]  # (B V)
+        out = [input_ids]
+        for i in range(max_new_tokens):
+            token = sample_logits(logits[:, : self.config.vocab_size], temperature, top_k, top_p, generator)
+            out.append(token[:, None])
+            if i + 1 < max_new_tokens:
+                logits = self.step(token, cache)
+        return torch.cat(out, dim=1)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json and model.safetensors (tied weights stored once, as safetensors requires)."""
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
+        save_model(self, str(directory / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device=None) -> MambaLM:
+        """Load what `save_pretrained` wrote (or a mamba_ssm config.json + pytorch_model.bin, weights only)."""
+        directory = Path(directory)
+        fields = json.loads((directory / "config.json").read_text())
+        known = MambaConfig.__dataclass_fields__
+        model = cls(MambaConfig(**{k: v for k, v in fields.items() if k in known}))
+        if (directory / "model.safetensors").exists():
+            from safetensors.torch import load_model
+
+            load_model(model, str(directory / "model.safetensors"), device=str(device or "cpu"))
+        else:
+            state = torch.load(directory / "pytorch_model.bin", map_location=device or "cpu", weights_only=True)
+            model.load_state_dict(state)
+        return model.to(device) if device is not None else model
+
+
+def _init_weights(module: nn.Module, n_layer: int) -> None:
+    """mamba_ssm's init: zero biases (except dt_proj's), N(0, 0.02) embeddings, and out_proj scaled
+    by 1/sqrt(n_layer) so the residual stream's variance does not grow with depth (GPT-2's rule)."""
+    if isinstance(module, nn.Linear) and module.bias is not None and not getattr(module.bias, "_no_reinit", False):
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, Mamba):
+        nn.init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
+        with torch.no_grad():
+            module.out_proj.weight /= math.sqrt(n_layer)
+

@@ -1,0 +1,147 @@
+"""The Mamba block (selective SSM mixer), parameter names and initialisation as mamba_ssm's `Mamba`.
+
+    hidden (B, L, D) -> in_proj -> x, z (B, E, L)
+    x -> causal depthwise conv1d -> silu -> x_proj -> dt (B, R, L), B, C (B, N, L)
+    y = selective_scan(x, dt_proj(dt), -exp(A_log), B, C, D, z, dt_proj.bias, softplus)
+    out = out_proj(y)  (B, L, D)
+
+E = expand * D inner channels, N = d_state, R = dt_rank. `forward` runs the whole sequence in
+parallel; `step` runs one position from a `MambaCache`; both give the same outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.ops import selective_scan, selective_state_update
+
+
+@dataclass
+class MambaCache:
+    """Recurrent state of one Mamba block.
+
+    conv_state: (B, E, d_conv) the last d_conv inputs of the conv, oldest first.
+    ssm_state:  (B, E, N) float32, h after the last position seen.
+    """
+
+    conv_state: torch.Tensor
+    ssm_state: torch.Tensor
+
+
+class Mamba(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | None = None,  # None: ceil(d_model / 16), mamba_ssm's "auto"
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
+        self.backend = backend
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        # padding kept for parity with mamba_ssm's module; forward pads explicitly (see _conv)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner,
+                                padding=d_conv - 1, bias=conv_bias, **factory)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+
+        # dt_proj.weight: the std keeps the variance of dt_proj(dt) at dt_scale after the rank-R product
+        dt_init_std = self.dt_rank**-0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, dt_init_std)
+        elif dt_init == "random":
+            nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        else:
+            raise ValueError(f"dt_init must be 'constant' or 'random'; got {dt_init!r}")
+        # dt_proj.bias: softplus(bias) log-uniform in [dt_min, dt_max], so the bias is the inverse
+        # softplus of such a dt (https://github.com/pytorch/pytorch/issues/72759 for the formula)
+        dt = torch.exp(torch.rand(self.d_inner, **factory) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias._no_reinit = True  # the LM's init must not zero this bias
+
+        # S4D-Real: A_n = -(n + 1); kept as log in float32 so exp(A_log) stays exact under bf16 training
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))  # (E N)
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # (E,) float32
+        self.D._no_weight_decay = True
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def allocate_cache(self, batch_size: int, dtype=None) -> MambaCache:
+        """Zero state for `batch_size` sequences (conv state in `dtype`, SSM state in float32)."""
+        device = self.conv1d.weight.device
+        dtype = dtype or self.conv1d.weight.dtype
+        return MambaCache(
+            conv_state=torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype),
+            ssm_state=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32),
+        )
+
+    def _conv(self, x: torch.Tensor, cache: MambaCache | None) -> torch.Tensor:
+        """Causal depthwise conv of x (B, E, L); with a cache it continues from the cached inputs."""
+        if cache is None:
+            history = x.new_zeros(x.shape[0], self.d_inner, self.d_conv - 1)
+        else:
+            history = cache.conv_state[:, :, 1:].to(x.dtype)  # the d_conv - 1 inputs before x
+            cache.conv_state = torch.cat([cache.conv_state, x.to(cache.conv_state.dtype)], dim=2)[:, :, -self.d_conv:]
+        x_full = torch.cat([history, x], dim=2)  # (B E L + d_conv - 1)
+        return F.conv1d(x_full, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)  # (B E L)
+
+    def _ssm_params(self, x: torch.Tensor):
+        """x (..., E) -> dt (..., E) before bias/softplus, B and C (..., N)."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.linear(dt, self.dt_proj.weight), B, C
+
+    def forward(self, hidden: torch.Tensor, cache: MambaCache | None = None) -> torch.Tensor:
+        """hidden: (B, L, D) -> (B, L, D). With `cache`, start from its state and leave the final state in it."""
+        xz = self.in_proj(hidden).transpose(1, 2)  # (B 2E L)
+        x, z = xz.chunk(2, dim=1)  # (B E L) each
+        x = F.silu(self._conv(x, cache))
+        dt, B, C = self._ssm_params(x.transpose(1, 2))  # (B L E), (B L N), (B L N)
+        A = -torch.exp(self.A_log.float())  # (E N)
+        y = selective_scan(
+            x, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z,
+            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            initial_state=None if cache is None else cache.ssm_state,
+            return_last_state=cache is not None, backend=self.backend,
+        )
+        if cache is not None:
+            y, cache.ssm_state = y
+        return self.out_proj(y.transpose(1, 2))  # (B L D)
+
+    def step(self, hidden: torch.Tensor, cache: MambaCache) -> torch.Tensor:
+        """hidden: (B, D) one position -> (B, D); updates `cache` in place."""
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B E) each
+        cache.conv_state.copy_(torch.roll(cache.conv_state, shifts=-1, dims=-1))
+        cache.conv_state[:, :, -1] = x.to(cache.conv_state.dtype)
+        x = (cache.conv_state * self.conv1d.weight.squeeze(1)).sum(-1).to(x.dtype)  # (B E)
+        if self.conv1d.bias is not None:
+            x = x + self.conv1d.bias
+        x = F.silu(x)
+        dt, B, C = self._ssm_params(x)
+        A = -torch.exp(self.A_log.float())
+        y = selective_state_update(cache.ssm_state, x, dt, A, B, C, self.D.float(), z,
+                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        return self.out_proj(y)

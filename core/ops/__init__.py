@@ -1,0 +1,73 @@
+"""The selective scan behind one call, with a readable reference and fast backends.
+
+`selective_scan(..., backend=...)` picks the implementation:
+- "ref": `reference.py`, plain PyTorch, the spec;
+- "cpu": `cpu.py`, a fused C kernel compiled on first use (default for CPU tensors);
+- "triton": `triton_scan.py`, Triton kernels (default for CUDA tensors; on CPU tensors it runs
+  under TRITON_INTERPRET=1, which is how CI tests it);
+- "auto": Triton on CUDA, the fused kernel on CPU.
+"""
+
+from __future__ import annotations
+
+from .checks import check_scan_args, check_step_args
+from .reference import selective_scan_ref, selective_state_update_ref
+
+BACKENDS = ("auto", "ref", "cpu", "triton")
+
+__all__ = [
+    "BACKENDS",
+    "selective_scan",
+    "selective_scan_ref",
+    "selective_state_update",
+    "selective_state_update_ref",
+]
+
+
+def resolve_backend(backend: str, is_cuda: bool) -> str:
+    """Map "auto" to the fast backend of the device, and reject unknown names."""
+    if backend not in BACKENDS:
+        raise ValueError(f"selective_scan: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "triton" if is_cuda else "cpu"
+    if backend == "cpu" and is_cuda:
+        raise ValueError("selective_scan: backend='cpu' needs CPU tensors; got CUDA tensors (use 'auto' or 'triton')")
+    return backend
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   initial_state=None, return_last_state=False, backend="auto"):
+    """Selective scan: same maths and shapes as mamba_ssm's `selective_scan_fn`, plus `initial_state`.
+
+    u, delta, z: (B, D, L)   A: (D, N) float32   B, C: (B, N, L) | (B, G, N, L) | (D, N)
+    D, delta_bias: (D,) float32   initial_state: (B, D, N)
+
+    Returns y (B, D, L) in u's dtype; with `return_last_state`, (y, last_state (B, D, N) float32),
+    gradients flowing through both. See `selective_scan_ref` for the recurrence.
+    """
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    backend = resolve_backend(backend, u.is_cuda)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
+    if backend == "ref":
+        return selective_scan_ref(*args)
+    if backend == "cpu":
+        from .cpu import selective_scan_cpu
+
+        return selective_scan_cpu(*args)
+    from .triton_scan import selective_scan_triton
+
+    return selective_scan_triton(*args)
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One recurrent step, `state` (B, D, N) updated in place; x, dt, z: (B, D); B, C: (B, N) | (B, G, N).
+
+    Returns y (B, D). CUDA tensors use the fused Triton step kernel; CPU tensors the reference
+    (a handful of vectorised torch ops, already memory-bound at one step).
+    """
+    check_step_args(state, x, dt, A, B, C, D, z, dt_bias)
+    if state.is_cuda:
+        from .triton_step import selective_state_update_triton
+
+        return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

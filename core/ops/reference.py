@@ -1,0 +1,105 @@
+"""Readable plain-PyTorch reference of the selective scan (Mamba, arXiv 2312.00752, Alg. 2).
+
+This is the spec every fast backend (`cpu.py`, `triton_scan.py`, `triton_step.py`) is tested
+against: one loop over the length, maths in float32 (float64 if an input is float64), cast
+back to `u`'s dtype at the end. It materialises exp(delta * A) for the whole sequence, so it
+is for tests and tiny inputs, not for training.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .checks import check_scan_args, check_step_args, compute_dtype
+
+
+def _per_channel(M: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """B or C as (batch, dim, N, L) for input-dependent matrices, (dim, N) for constant ones."""
+    M = M.to(dtype)
+    if M.dim() == 2:  # constant (D N)
+        return M
+    if M.dim() == 3:  # (B N L): one group
+        M = M.unsqueeze(1)
+    # channel d reads group d // (dim // groups)
+    return M.repeat_interleave(dim // M.shape[1], dim=1)  # (B D N L)
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       initial_state=None, return_last_state=False):
+    """Selective scan, written as the recurrence it is.
+
+    u, delta, z: (B, D, L)   A: (D, N)   B, C: (B, N, L) | (B, G, N, L) | (D, N)
+    D, delta_bias: (D,)      initial_state: (B, D, N)
+
+        delta = softplus(delta + delta_bias)  (or without softplus)
+        h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t,   h_{-1} = initial_state or 0
+        y_t = <C_t, h_t> + D * u_t;   y = y * silu(z)
+
+    Returns y (B, D, L) in u's dtype, and with `return_last_state` also h_{L-1} (B, D, N).
+    """
+    batch, dim, length, d_state = check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    u_f, delta_f = u.to(dtype), delta.to(dtype)
+    if delta_bias is not None:
+        delta_f = delta_f + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        delta_f = F.softplus(delta_f)
+    A_f = A.to(dtype)
+    B_f, C_f = _per_channel(B, dim, dtype), _per_channel(C, dim, dtype)
+
+    deltaA = torch.exp(torch.einsum("bdl,dn->bdln", delta_f, A_f))  # (B D L N)
+    if B_f.dim() == 2:
+        deltaB_u = torch.einsum("bdl,dn,bdl->bdln", delta_f, B_f, u_f)
+    else:
+        deltaB_u = torch.einsum("bdl,bdnl,bdl->bdln", delta_f, B_f, u_f)
+
+    h = torch.zeros(batch, dim, d_state, dtype=dtype, device=u.device)
+    if initial_state is not None:
+        h = initial_state.to(dtype)
+    # unbind (not indexing) keeps the backward linear in the length
+    C_steps = [C_f] * length if C_f.dim() == 2 else C_f.unbind(3)
+    ys = []
+    for a_t, bu_t, c_t in zip(deltaA.unbind(2), deltaB_u.unbind(2), C_steps):
+        h = a_t * h + bu_t  # (B D N)
+        ys.append((h * c_t).sum(-1))  # (B D)
+    y = torch.stack(ys, dim=2) if ys else u_f.new_zeros(batch, dim, 0)  # (B D L)
+    if D is not None:
+        y = y + D.to(dtype)[:, None] * u_f
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    y = y.to(u.dtype)
+    return (y, h) if return_last_state else y
+
+
+def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One step of the recurrence; `state` is updated in place.
+
+    state: (B, D, N)   x, dt, z: (B, D)   A: (D, N)   B, C: (B, N) | (B, G, N)   D, dt_bias: (D,)
+    Returns y (B, D) in x's dtype.
+    """
+    check_step_args(state, x, dt, A, B, C, D, z, dt_bias)
+    dim = state.shape[1]
+    dtype = compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)
+    dt_f = dt.to(dtype)
+    if dt_bias is not None:
+        dt_f = dt_f + dt_bias.to(dtype)
+    if dt_softplus:
+        dt_f = F.softplus(dt_f)
+    x_f = x.to(dtype)
+
+    def per_channel(M):  # (B N) | (B G N) -> (B D N)
+        M = M.to(dtype)
+        if M.dim() == 2:
+            return M.unsqueeze(1)
+        return M.repeat_interleave(dim // M.shape[1], dim=1)
+
+    B_f, C_f = per_channel(B), per_channel(C)
+    h = state.to(dtype) * torch.exp(dt_f[..., None] * A.to(dtype)) + (dt_f * x_f)[..., None] * B_f
+    state.copy_(h)
+    y = (h * C_f).sum(-1)  # (B D)
+    if D is not None:
+        y = y + D.to(dtype) * x_f
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y.to(x.dtype)
