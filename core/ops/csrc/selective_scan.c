@@ -60,6 +60,21 @@ static inline float EXP_STATE(float x) {
 }
 #endif
 
+/* Sum of N values. Without -ffast-math the compiler must keep a plain loop's left-to-right order:
+ * a chain of N dependent scalar adds per step. The pairwise tree below is a fixed order the
+ * compiler can vectorise (N is a power of two in every Mamba configuration; others use the loop). */
+static inline REAL sum_state(REAL *v) {
+#if (N & (N - 1)) == 0
+    for (int w = N / 2; w >= 1; w /= 2)
+        for (int n = 0; n < w; ++n) v[n] += v[n + w];
+    return v[0];
+#else
+    REAL s = 0;
+    for (int n = 0; n < N; ++n) s += v[n];
+    return s;
+#endif
+}
+
 typedef struct {
     int64_t batch, dim, length, groups, chunk, nchunk, nthreads;
     int b_const, c_const;
@@ -100,20 +115,20 @@ static void *fwd_thread(void *arg) {
         REAL *y = a->y + row * L;
         const REAL *B0 = bc_base(a->B, a->b_const, a, b, d), *C0 = bc_base(a->C, a->c_const, a, b, d);
         const int64_t Bs = a->b_const ? 0 : N, Cs = a->c_const ? 0 : N;
-        for (int64_t t = 0; t < L; ++t) {
-            if (a->ckpt && t % a->chunk == 0)
-                memcpy(a->ckpt + (row * a->nchunk + t / a->chunk) * N, h, sizeof(h));
-            const REAL dt = dtr[t], x = u[t], dtx = dt * x;
-            const REAL *Bt = B0 + t * Bs;
-            const REAL *Ct = C0 + t * Cs;
-            REAL acc[N];
-            for (int n = 0; n < N; ++n) {
-                h[n] = EXP_STATE(dt * Ad[n]) * h[n] + dtx * Bt[n];
-                acc[n] = Ct[n] * h[n];
+        for (int64_t t0 = 0; t0 < L; t0 += a->chunk) {
+            const int64_t t1 = t0 + a->chunk < L ? t0 + a->chunk : L;
+            if (a->ckpt) memcpy(a->ckpt + (row * a->nchunk + t0 / a->chunk) * N, h, sizeof(h));
+            for (int64_t t = t0; t < t1; ++t) {
+                const REAL dt = dtr[t], x = u[t], dtx = dt * x;
+                const REAL *Bt = B0 + t * Bs;
+                const REAL *Ct = C0 + t * Cs;
+                REAL acc[N];
+                for (int n = 0; n < N; ++n) {
+                    h[n] = EXP_STATE(dt * Ad[n]) * h[n] + dtx * Bt[n];
+                    acc[n] = Ct[n] * h[n];
+                }
+                y[t] = Dd * x + sum_state(acc);
             }
-            REAL yt = Dd * x;
-            for (int n = 0; n < N; ++n) yt += acc[n];
-            y[t] = yt;
         }
         if (a->last) memcpy(a->last + row * N, h, sizeof(h));
     }
@@ -125,8 +140,10 @@ static void *bwd_thread(void *arg) {
     const scan_args *a = ta->a;
     const int64_t L = a->length, CH = a->chunk;
     const int64_t dpg = a->dim / (a->groups > 0 ? a->groups : 1);
-    /* states of the current chunk: hs[k] = h at step t0 + k - 1, hs[0] = chunk checkpoint */
+    /* states of the current chunk: hs[k] = h at step t0 + k - 1, hs[0] = chunk checkpoint;
+     * es[k] = exp(dt * A) at step t0 + k, kept so the reverse pass does not evaluate exp again */
     REAL *hs = (REAL *)malloc(sizeof(REAL) * (size_t)(CH + 1) * N);
+    REAL *es = (REAL *)malloc(sizeof(REAL) * (size_t)CH * N);
     for (int64_t row = ta->row_lo; row < ta->row_hi; ++row) {
         const int64_t b = row / a->dim, d = row % a->dim;
         /* variable B/C gradients go to this thread's buffer, indexed from its first (batch, group) */
@@ -153,29 +170,30 @@ static void *bwd_thread(void *arg) {
                 const REAL dtx = dt * u[t];
                 const REAL *Bt = B0 + t * Bs;
                 const REAL *hp = hs + (t - t0) * N;
-                REAL *hn = hs + (t - t0 + 1) * N;
-                for (int n = 0; n < N; ++n) hn[n] = EXP_STATE(dt * Ad[n]) * hp[n] + dtx * Bt[n];
+                REAL *hn = hs + (t - t0 + 1) * N, *et = es + (t - t0) * N;
+                for (int n = 0; n < N; ++n) {
+                    et[n] = EXP_STATE(dt * Ad[n]);
+                    hn[n] = et[n] * hp[n] + dtx * Bt[n];
+                }
             }
             REAL dA_chunk[N] = {0}, dD_chunk = 0;
             for (int64_t t = t1 - 1; t >= t0; --t) {
                 const REAL dt = dtr[t], x = u[t];
-                const REAL *hp = hs + (t - t0) * N, *ht = hs + (t - t0 + 1) * N;
+                const REAL *hp = hs + (t - t0) * N, *ht = hs + (t - t0 + 1) * N, *et = es + (t - t0) * N;
                 const REAL *Bt = B0 + t * Bs;
                 const REAL *Ct = C0 + t * Cs;
                 const REAL g = gr[t];
                 if (yr) { /* y before the gate, for dz: recomputed rather than stored by the forward */
                     REAL acc[N];
                     for (int n = 0; n < N; ++n) acc[n] = Ct[n] * ht[n];
-                    REAL yt = Dd * x;
-                    for (int n = 0; n < N; ++n) yt += acc[n];
-                    yr[t] = yt;
+                    yr[t] = Dd * x + sum_state(acc);
                 }
                 dD_chunk += g * x;
-                REAL *dBt = a->b_const ? dBrow : dBrow + t * N;
-                REAL *dCt = a->c_const ? dCrow : dCrow + t * N;
+                REAL *restrict dBt = a->b_const ? dBrow : dBrow + t * N;
+                REAL *restrict dCt = a->c_const ? dCrow : dCrow + t * N;
                 REAL dx[N], ddt[N];
                 for (int n = 0; n < N; ++n) {
-                    const REAL e = EXP_STATE(dt * Ad[n]);
+                    const REAL e = et[n];
                     const REAL dhn = dh[n] + Ct[n] * g; /* dL/dh_t */
                     dCt[n] += g * ht[n];
                     dBt[n] += dhn * dt * x;
@@ -185,10 +203,8 @@ static void *bwd_thread(void *arg) {
                     dA_chunk[n] += dhn * dt * ehp;
                     dh[n] = dhn * e; /* dL/dh_{t-1} through the recurrence */
                 }
-                REAL sdx = 0, sdt = 0;
-                for (int n = 0; n < N; ++n) { sdx += dx[n]; sdt += ddt[n]; }
-                du[t] = Dd * g + dt * sdx;
-                ddtr[t] = sdt;
+                du[t] = Dd * g + dt * sum_state(dx);
+                ddtr[t] = sum_state(ddt);
             }
             /* per-chunk partial sums, then the total: long rows lose less to rounding */
             for (int n = 0; n < N; ++n) dA_acc[n] += dA_chunk[n];
@@ -199,6 +215,7 @@ static void *bwd_thread(void *arg) {
         if (a->dh0) memcpy(a->dh0 + row * N, dh, sizeof(dh));
     }
     free(hs);
+    free(es);
     return NULL;
 }
 
