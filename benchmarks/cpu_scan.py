@@ -122,8 +122,10 @@ def main(argv=None):
             fwd_x = row["loop"]["fwd_ms"] / row[name]["fwd_ms"]
             fb_x = row["loop"]["fwdbwd_ms"] / row[name]["fwdbwd_ms"]
             row[name].update(fwd_speedup_vs_loop=round(fwd_x, 2), fwdbwd_speedup_vs_loop=round(fb_x, 2))
-            print(f"{shape:<22}{name:<9}{row[name]['fwd_ms']:>10.1f}{row[name]['fwdbwd_ms']:>12.1f}"
-                  f"{fwd_x:>8.1f}{fb_x:>8.1f}")
+            print(
+                f"{shape:<22}{name:<9}{row[name]['fwd_ms']:>10.1f}{row[name]['fwdbwd_ms']:>12.1f}"
+                f"{fwd_x:>8.1f}{fb_x:>8.1f}"
+            )
         results["shapes"][shape] = row
     print(json.dumps(results))
 

@@ -21,8 +21,13 @@ class InferenceCache:
     seqlen_offset: int = 0
 
 
-def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_logits(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Draw one token per row from logits (B, V); returns (B,) int64.
 
     temperature 0 means greedy (argmax); top_k 0 and top_p 1.0 disable those filters.

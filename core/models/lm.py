@@ -49,10 +49,14 @@ class Block(nn.Module):
     def __init__(self, config: MambaConfig):
         super().__init__()
         self.residual_in_fp32 = config.residual_in_fp32
-        self.norm = (RMSNorm(config.d_model, eps=config.norm_epsilon) if config.rms_norm
-                     else nn.LayerNorm(config.d_model, eps=config.norm_epsilon))
-        self.mixer = Mamba(config.d_model, d_state=config.d_state, d_conv=config.d_conv, expand=config.expand,
-                           backend=config.backend)
+        self.norm = (
+            RMSNorm(config.d_model, eps=config.norm_epsilon)
+            if config.rms_norm
+            else nn.LayerNorm(config.d_model, eps=config.norm_epsilon)
+        )
+        self.mixer = Mamba(
+            config.d_model, d_state=config.d_state, d_conv=config.d_conv, expand=config.expand, backend=config.backend
+        )
 
     def _add_norm(self, hidden, residual):
         residual = hidden if residual is None else hidden + residual
@@ -75,8 +79,11 @@ class MambaBackbone(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.norm_f = (RMSNorm(config.d_model, eps=config.norm_epsilon) if config.rms_norm
-                       else nn.LayerNorm(config.d_model, eps=config.norm_epsilon))
+        self.norm_f = (
+            RMSNorm(config.d_model, eps=config.norm_epsilon)
+            if config.rms_norm
+            else nn.LayerNorm(config.d_model, eps=config.norm_epsilon)
+        )
 
     def _final(self, hidden, residual):
         residual = hidden + residual
@@ -123,8 +130,15 @@ class MambaLM(nn.Module):
         return self.lm_head(self.backbone.step(tokens, cache))
 
     @torch.inference_mode()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Sample continuations: input_ids (B, L0) -> (B, L0 + max_new_tokens).
 
         The prompt is run in parallel once, then one recurrent `step` per new token; padding
@@ -179,4 +193,3 @@ def _init_weights(module: nn.Module, n_layer: int) -> None:
         nn.init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
         with torch.no_grad():
             module.out_proj.weight /= math.sqrt(n_layer)
-

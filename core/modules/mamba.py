@@ -61,8 +61,9 @@ class Mamba(nn.Module):
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
         # padding kept for parity with mamba_ssm's module; forward pads explicitly (see _conv)
-        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner,
-                                padding=d_conv - 1, bias=conv_bias, **factory)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=conv_bias, **factory
+        )
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
 
@@ -105,7 +106,7 @@ class Mamba(nn.Module):
             history = x.new_zeros(x.shape[0], self.d_inner, self.d_conv - 1)
         else:
             history = cache.conv_state[:, :, 1:].to(x.dtype)  # the d_conv - 1 inputs before x
-            cache.conv_state = torch.cat([cache.conv_state, x.to(cache.conv_state.dtype)], dim=2)[:, :, -self.d_conv:]
+            cache.conv_state = torch.cat([cache.conv_state, x.to(cache.conv_state.dtype)], dim=2)[:, :, -self.d_conv :]
         x_full = torch.cat([history, x], dim=2)  # (B E L + d_conv - 1)
         return F.conv1d(x_full, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)  # (B E L)
 
@@ -122,10 +123,18 @@ class Mamba(nn.Module):
         dt, B, C = self._ssm_params(x.transpose(1, 2))  # (B L E), (B L N), (B L N)
         A = -torch.exp(self.A_log.float())  # (E N)
         y = selective_scan(
-            x, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z,
-            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            x,
+            dt.transpose(1, 2),
+            A,
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            self.D.float(),
+            z,
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
             initial_state=None if cache is None else cache.ssm_state,
-            return_last_state=cache is not None, backend=self.backend,
+            return_last_state=cache is not None,
+            backend=self.backend,
         )
         if cache is not None:
             y, cache.ssm_state = y
@@ -142,6 +151,7 @@ class Mamba(nn.Module):
         x = F.silu(x)
         dt, B, C = self._ssm_params(x)
         A = -torch.exp(self.A_log.float())
-        y = selective_state_update(cache.ssm_state, x, dt, A, B, C, self.D.float(), z,
-                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        y = selective_state_update(
+            cache.ssm_state, x, dt, A, B, C, self.D.float(), z, dt_bias=self.dt_proj.bias.float(), dt_softplus=True
+        )
         return self.out_proj(y)

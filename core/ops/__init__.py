@@ -35,8 +35,20 @@ def resolve_backend(backend: str, is_cuda: bool) -> str:
     return backend
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   initial_state=None, return_last_state=False, backend="auto"):
+def selective_scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    return_last_state=False,
+    backend="auto",
+):
     """Selective scan: same maths and shapes as mamba_ssm's `selective_scan_fn`, plus `initial_state`.
 
     u, delta, z: (B, D, L)   A: (D, N) float32   B, C: (B, N, L) | (B, G, N, L) | (D, N)

@@ -22,7 +22,9 @@ def _fail(name: str, expected: str, got: torch.Tensor | None) -> None:
 
 def _check_tensor(name, t, shape, dtypes, device, shape_text):
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"selective_scan: `{name}` must be a torch.Tensor of shape {shape_text}; got {type(t).__name__}")
+        raise ValueError(
+            f"selective_scan: `{name}` must be a torch.Tensor of shape {shape_text}; got {type(t).__name__}"
+        )
     if tuple(t.shape) != tuple(shape):
         _fail(name, f"of shape {shape_text} = {tuple(shape)}", t)
     if t.dtype not in dtypes:
@@ -83,8 +85,9 @@ def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_
     if delta_bias is not None:
         _check_tensor("delta_bias", delta_bias, (dim,), _PARAM_DTYPES, device, "(dim,)")
     if initial_state is not None:
-        _check_tensor("initial_state", initial_state, (batch, dim, d_state), _FLOAT_DTYPES, device,
-                      "(batch, dim, d_state)")
+        _check_tensor(
+            "initial_state", initial_state, (batch, dim, d_state), _FLOAT_DTYPES, device, "(batch, dim, d_state)"
+        )
     return batch, dim, length, d_state
 
 

@@ -188,8 +188,9 @@ class _SelectiveScanCPU(torch.autograd.Function):
         y = torch.empty_like(u_c) if z_c is not None else None
         dlast = None if dlast is None else dlast.to(dtype).contiguous()
         lib = _library(n_state, dtype == torch.float64)
-        _call(lib.scan_bwd, ints, [u_c, dt, A_c, B_c, C_c, D_c, ckpt, g, dlast,
-                                   du, ddt, dA_rows, dB, dC, dD_rows, dh0, y])
+        _call(
+            lib.scan_bwd, ints, [u_c, dt, A_c, B_c, C_c, D_c, ckpt, g, dlast, du, ddt, dA_rows, dB, dC, dD_rows, dh0, y]
+        )
 
         ddelta = ddt * torch.sigmoid(pre) if ctx.softplus else ddt  # softplus' = sigmoid
         dz = None
@@ -201,14 +202,32 @@ class _SelectiveScanCPU(torch.autograd.Function):
         dC = dC.sum(0) if C.dim() == 2 else _from_time_major(dC, C)
         cast = lambda grad, like: None if grad is None or like is None else grad.to(like.dtype)
         return (
-            cast(du, u), cast(ddelta, delta), cast(dA_rows.sum(0), A), cast(dB, B), cast(dC, C),
-            cast(None if dD_rows is None else dD_rows.sum(0), D), cast(dz, z),
-            cast(ddelta.sum((0, 2)), delta_bias), cast(dh0, initial_state), None,
+            cast(du, u),
+            cast(ddelta, delta),
+            cast(dA_rows.sum(0), A),
+            cast(dB, B),
+            cast(dC, C),
+            cast(None if dD_rows is None else dD_rows.sum(0), D),
+            cast(dz, z),
+            cast(ddelta.sum((0, 2)), delta_bias),
+            cast(dh0, initial_state),
+            None,
         )
 
 
-def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       initial_state=None, return_last_state=False):
+def selective_scan_cpu(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    return_last_state=False,
+):
     """The fused CPU kernel behind `selective_scan(..., backend="cpu")`; same arguments and results."""
     if u.is_cuda:
         raise ValueError("selective_scan backend='cpu' needs CPU tensors; got CUDA tensors")

@@ -25,8 +25,19 @@ def _per_channel(M: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
     return M.repeat_interleave(dim // M.shape[1], dim=1)  # (B D N L)
 
 
-def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       initial_state=None, return_last_state=False):
+def selective_scan_ref(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    return_last_state=False,
+):
     """Selective scan, written as the recurrence it is.
 
     u, delta, z: (B, D, L)   A: (D, N)   B, C: (B, N, L) | (B, G, N, L) | (D, N)

@@ -13,15 +13,27 @@ from core.ops import selective_scan_ref
 def mamba_ssm_state_dict_shapes(d_model, n_layer, vocab, d_state=16, d_conv=4, expand=2, multiple=8):
     """Key names and shapes of mamba_ssm's MambaLMHeadModel (Mamba-1 layers, rms_norm, tied head)."""
     e, r, v = expand * d_model, math.ceil(d_model / 16), math.ceil(vocab / multiple) * multiple
-    shapes = {"backbone.embedding.weight": (v, d_model), "backbone.norm_f.weight": (d_model,), "lm_head.weight": (v, d_model)}
+    shapes = {
+        "backbone.embedding.weight": (v, d_model),
+        "backbone.norm_f.weight": (d_model,),
+        "lm_head.weight": (v, d_model),
+    }
     for i in range(n_layer):
         p = f"backbone.layers.{i}."
-        shapes.update({
-            p + "norm.weight": (d_model,), p + "mixer.A_log": (e, d_state), p + "mixer.D": (e,),
-            p + "mixer.in_proj.weight": (2 * e, d_model), p + "mixer.conv1d.weight": (e, 1, d_conv),
-            p + "mixer.conv1d.bias": (e,), p + "mixer.x_proj.weight": (r + 2 * d_state, e),
-            p + "mixer.dt_proj.weight": (e, r), p + "mixer.dt_proj.bias": (e,), p + "mixer.out_proj.weight": (d_model, e),
-        })
+        shapes.update(
+            {
+                p + "norm.weight": (d_model,),
+                p + "mixer.A_log": (e, d_state),
+                p + "mixer.D": (e,),
+                p + "mixer.in_proj.weight": (2 * e, d_model),
+                p + "mixer.conv1d.weight": (e, 1, d_conv),
+                p + "mixer.conv1d.bias": (e,),
+                p + "mixer.x_proj.weight": (r + 2 * d_state, e),
+                p + "mixer.dt_proj.weight": (e, r),
+                p + "mixer.dt_proj.bias": (e,),
+                p + "mixer.out_proj.weight": (d_model, e),
+            }
+        )
     return shapes
 
 
@@ -35,12 +47,23 @@ def functional_forward(sd, ids, n_layer, d_state=16, eps=1e-5):
         h = rms(residual, sd[p + "norm.weight"])
         x, z = (h @ sd[p + "mixer.in_proj.weight"].T).transpose(1, 2).chunk(2, dim=1)
         w = sd[p + "mixer.conv1d.weight"]
-        x = F.silu(F.conv1d(x, w, sd[p + "mixer.conv1d.bias"], padding=w.shape[-1] - 1, groups=w.shape[0])[..., : ids.shape[1]])
+        x = F.silu(
+            F.conv1d(x, w, sd[p + "mixer.conv1d.bias"], padding=w.shape[-1] - 1, groups=w.shape[0])[..., : ids.shape[1]]
+        )
         r = sd[p + "mixer.dt_proj.weight"].shape[1]
         dt, B, C = (x.transpose(1, 2) @ sd[p + "mixer.x_proj.weight"].T).split([r, d_state, d_state], dim=-1)
         delta = (dt @ sd[p + "mixer.dt_proj.weight"].T).transpose(1, 2)
-        y = selective_scan_ref(x, delta, -torch.exp(sd[p + "mixer.A_log"]), B.transpose(1, 2), C.transpose(1, 2),
-                               sd[p + "mixer.D"], z, sd[p + "mixer.dt_proj.bias"], delta_softplus=True)
+        y = selective_scan_ref(
+            x,
+            delta,
+            -torch.exp(sd[p + "mixer.A_log"]),
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            sd[p + "mixer.D"],
+            z,
+            sd[p + "mixer.dt_proj.bias"],
+            delta_softplus=True,
+        )
         hidden = y.transpose(1, 2) @ sd[p + "mixer.out_proj.weight"].T
     h = rms(residual + hidden, sd["backbone.norm_f.weight"])
     return h @ sd["lm_head.weight"].T
@@ -95,8 +118,9 @@ def test_prefill_then_step_reproduces_parallel_logits(prompt_len):
 def test_generate_is_reproducible_with_a_seeded_generator():
     model = MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=10)).eval()
     prompt = torch.randint(0, 10, (2, 4))
-    run = lambda seed: model.generate(prompt, 12, temperature=1.0, top_k=6, top_p=0.95,
-                                      generator=torch.Generator().manual_seed(seed))
+    run = lambda seed: model.generate(
+        prompt, 12, temperature=1.0, top_k=6, top_p=0.95, generator=torch.Generator().manual_seed(seed)
+    )
     a, b, c = run(7), run(7), run(8)
     assert a.shape == (2, 16) and torch.equal(a[:, :4], prompt)
     assert torch.equal(a, b)

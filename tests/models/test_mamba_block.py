@@ -14,8 +14,15 @@ def test_parameter_names_shapes_and_init_follow_mamba_ssm():
     e, r = 80, math.ceil(40 / 16)
     shapes = {name: tuple(p.shape) for name, p in block.named_parameters()}
     assert shapes == {
-        "A_log": (e, 16), "D": (e,), "in_proj.weight": (2 * e, 40), "conv1d.weight": (e, 1, 4), "conv1d.bias": (e,),
-        "x_proj.weight": (r + 32, e), "dt_proj.weight": (e, r), "dt_proj.bias": (e,), "out_proj.weight": (40, e),
+        "A_log": (e, 16),
+        "D": (e,),
+        "in_proj.weight": (2 * e, 40),
+        "conv1d.weight": (e, 1, 4),
+        "conv1d.bias": (e,),
+        "x_proj.weight": (r + 32, e),
+        "dt_proj.weight": (e, r),
+        "dt_proj.bias": (e,),
+        "out_proj.weight": (40, e),
     }
     # S4D-Real: A = -(1..N) in every channel; D = 1
     torch.testing.assert_close(-torch.exp(block.A_log), -torch.arange(1.0, 17.0).repeat(e, 1))

@@ -35,8 +35,15 @@ def test_temperature_zero_is_argmax_and_low_temperature_sharpens():
     assert cold > hot
 
 
-@pytest.mark.parametrize("kwargs,match", [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
-                                          ({"top_p": 1.5}, "top_p"), ({"top_k": -2}, "top_k")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+    ],
+)
 def test_bad_sampling_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sample_logits(torch.zeros(1, 4), **kwargs)

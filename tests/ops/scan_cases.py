@@ -5,8 +5,22 @@ from __future__ import annotations
 import torch
 
 
-def make_scan_inputs(batch, dim, length, d_state, groups=1, b_const=False, c_const=False, with_d=True, with_z=True,
-                     with_bias=True, with_h0=True, dtype=torch.float32, param_dtype=torch.float32, seed=0):
+def make_scan_inputs(
+    batch,
+    dim,
+    length,
+    d_state,
+    groups=1,
+    b_const=False,
+    c_const=False,
+    with_d=True,
+    with_z=True,
+    with_bias=True,
+    with_h0=True,
+    dtype=torch.float32,
+    param_dtype=torch.float32,
+    seed=0,
+):
     """Inputs in the layouts of DESIGN.md; groups=0 means the 3-D (batch, d_state, length) B/C."""
     g = torch.Generator().manual_seed(seed)
     rand = lambda *shape, dt=dtype: torch.randn(*shape, generator=g).to(dt)

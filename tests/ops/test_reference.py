@@ -68,8 +68,16 @@ def test_step_reference_equals_scan_reference():
     state = inp["initial_state"].clone()
     for t in range(5):
         y_t = selective_state_update_ref(
-            state, inp["u"][:, :, t], inp["delta"][:, :, t], inp["A"], inp["B"][..., t], inp["C"][..., t],
-            inp["D"], inp["z"][:, :, t], dt_bias=inp["delta_bias"], dt_softplus=True,
+            state,
+            inp["u"][:, :, t],
+            inp["delta"][:, :, t],
+            inp["A"],
+            inp["B"][..., t],
+            inp["C"][..., t],
+            inp["D"],
+            inp["z"][:, :, t],
+            dt_bias=inp["delta_bias"],
+            dt_softplus=True,
         )
         torch.testing.assert_close(y_t, y[:, :, t], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(state, last, rtol=1e-5, atol=1e-5)

@@ -54,8 +54,17 @@ def test_cpu_backend_refuses_cuda_tensors():
 def step_args():
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g)
-    return dict(state=r(2, 4, 3), x=r(2, 4), dt=r(2, 4), A=-r(4, 3).abs(), B=r(2, 2, 3), C=r(2, 2, 3),
-                D=r(4), z=r(2, 4), dt_bias=r(4))
+    return dict(
+        state=r(2, 4, 3),
+        x=r(2, 4),
+        dt=r(2, 4),
+        A=-r(4, 3).abs(),
+        B=r(2, 2, 3),
+        C=r(2, 2, 3),
+        D=r(4),
+        z=r(2, 4),
+        dt_bias=r(4),
+    )
 
 
 BAD_STEP = [
@@ -86,9 +95,18 @@ def test_step_updates_state_in_place_and_matches_one_scan_step():
     y = selective_state_update(**args, dt_softplus=True)
     assert not torch.equal(state, before)
     y_scan, last = selective_scan(
-        args["x"][..., None], args["dt"][..., None], args["A"], args["B"][..., None], args["C"][..., None],
-        args["D"], args["z"][..., None], args["dt_bias"], delta_softplus=True, initial_state=before,
-        return_last_state=True, backend="ref",
+        args["x"][..., None],
+        args["dt"][..., None],
+        args["A"],
+        args["B"][..., None],
+        args["C"][..., None],
+        args["D"],
+        args["z"][..., None],
+        args["dt_bias"],
+        delta_softplus=True,
+        initial_state=before,
+        return_last_state=True,
+        backend="ref",
     )
     torch.testing.assert_close(y, y_scan[..., 0])
     torch.testing.assert_close(state, last)

@@ -22,8 +22,20 @@ CASES = [
 
 def _inputs(case, dtype=torch.float32):
     batch, dim, length, n, groups, bc, cc, with_d, with_z, with_bias, with_h0, _ = case
-    return make_scan_inputs(batch, dim, length, n, groups=groups, b_const=bc, c_const=cc, with_d=with_d,
-                            with_z=with_z, with_bias=with_bias, with_h0=with_h0, dtype=dtype)
+    return make_scan_inputs(
+        batch,
+        dim,
+        length,
+        n,
+        groups=groups,
+        b_const=bc,
+        c_const=cc,
+        with_d=with_d,
+        with_z=with_z,
+        with_bias=with_bias,
+        with_h0=with_h0,
+        dtype=dtype,
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-bc{int(c[5])}{int(c[6])}")
@@ -57,8 +69,9 @@ def test_cpu_half_inputs_compute_in_float32(dtype):
 
 @pytest.mark.parametrize("groups,b_const,c_const", [(0, False, False), (2, False, False), (1, True, True)])
 def test_cpu_gradcheck_float64(groups, b_const, c_const):
-    inp = make_scan_inputs(2, 4, 9, 3, groups=groups, b_const=b_const, c_const=c_const,
-                           dtype=torch.float64, param_dtype=torch.float64)
+    inp = make_scan_inputs(
+        2, 4, 9, 3, groups=groups, b_const=b_const, c_const=c_const, dtype=torch.float64, param_dtype=torch.float64
+    )
     inp["initial_state"] = inp["initial_state"].double()
     names = list(inp)
     xs = differentiable(inp)
