@@ -63,10 +63,10 @@ class Block(nn.Module):
         hidden = self.norm(residual.to(self.norm.weight.dtype))
         return hidden, residual.float() if self.residual_in_fp32 else residual
 
-    def forward(self, hidden, residual=None, cache=None):
+    def forward(self, hidden, residual=None, cache=None, seq_idx=None):
         """hidden, residual: (B, L, D) -> (mixer output, residual)."""
         hidden, residual = self._add_norm(hidden, residual)
-        return self.mixer(hidden, cache), residual
+        return self.mixer(hidden, cache, seq_idx), residual
 
     def step(self, hidden, residual, cache):
         """hidden, residual: (B, D) one position."""
@@ -89,11 +89,13 @@ class MambaBackbone(nn.Module):
         residual = hidden + residual
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
-    def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None) -> torch.Tensor:
-        """input_ids: (B, L) -> hidden states after the final norm (B, L, D)."""
+    def forward(
+        self, input_ids: torch.Tensor, cache: InferenceCache | None = None, seq_idx: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """input_ids: (B, L) -> hidden states after the final norm (B, L, D); seq_idx: packed sequences."""
         hidden, residual = self.embedding(input_ids), None
         for i, layer in enumerate(self.layers):
-            hidden, residual = layer(hidden, residual, None if cache is None else cache.layers[i])
+            hidden, residual = layer(hidden, residual, None if cache is None else cache.layers[i], seq_idx)
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
         return self._final(hidden, residual)
@@ -117,9 +119,14 @@ class MambaLM(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
 
-    def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None) -> torch.Tensor:
-        """input_ids: (B, L) int64 -> logits (B, L, V). With `cache`, continue from it and update it."""
-        return self.lm_head(self.backbone(input_ids, cache))
+    def forward(
+        self, input_ids: torch.Tensor, cache: InferenceCache | None = None, seq_idx: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """input_ids: (B, L) int64 -> logits (B, L, V). With `cache`, continue from it and update it.
+
+        seq_idx (B, L) int: several sequences packed in a row, kept apart (no padding needed).
+        """
+        return self.lm_head(self.backbone(input_ids, cache, seq_idx))
 
     def new_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> InferenceCache:
         """Empty recurrent state for `batch_size` sequences; fill it with `model(ids, cache=cache)`."""

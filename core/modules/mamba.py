@@ -100,26 +100,45 @@ class Mamba(nn.Module):
             ssm_state=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32),
         )
 
-    def _conv(self, x: torch.Tensor, cache: MambaCache | None) -> torch.Tensor:
-        """Causal depthwise conv of x (B, E, L); with a cache it continues from the cached inputs."""
+    def _conv(self, x: torch.Tensor, cache: MambaCache | None, seq_idx: torch.Tensor | None) -> torch.Tensor:
+        """Causal depthwise conv of x (B, E, L); with a cache it continues from the cached inputs.
+
+        With seq_idx (B, L), an output only sees inputs of its own packed sequence (cached inputs
+        count as part of the row's first sequence, like `initial_state` in the scan).
+        """
+        k = self.d_conv
         if cache is None:
-            history = x.new_zeros(x.shape[0], self.d_inner, self.d_conv - 1)
+            history = x.new_zeros(x.shape[0], self.d_inner, k - 1)
         else:
             history = cache.conv_state[:, :, 1:].to(x.dtype)  # the d_conv - 1 inputs before x
-            cache.conv_state = torch.cat([cache.conv_state, x.to(cache.conv_state.dtype)], dim=2)[:, :, -self.d_conv :]
-        x_full = torch.cat([history, x], dim=2)  # (B E L + d_conv - 1)
-        return F.conv1d(x_full, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)  # (B E L)
+            cache.conv_state = torch.cat([cache.conv_state, x.to(cache.conv_state.dtype)], dim=2)[:, :, -k:]
+        x_full = torch.cat([history, x], dim=2)  # (B E L + k - 1)
+        if seq_idx is None:
+            return F.conv1d(x_full, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)  # (B E L)
+        length = x.shape[2]
+        seq_full = torch.cat([seq_idx[:, :1].expand(-1, k - 1), seq_idx], dim=1)  # (B L + k - 1)
+        weight = self.conv1d.weight[:, 0, :]  # (E k)
+        out = 0
+        for j in range(k):  # tap j reads the input k - 1 - j steps back
+            same = (seq_full[:, j : j + length] == seq_idx).unsqueeze(1)  # (B 1 L)
+            out = out + weight[:, j, None] * x_full[:, :, j : j + length] * same
+        return out if self.conv1d.bias is None else out + self.conv1d.bias[:, None]
 
     def _ssm_params(self, x: torch.Tensor):
         """x (..., E) -> dt (..., E) before bias/softplus, B and C (..., N)."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         return F.linear(dt, self.dt_proj.weight), B, C
 
-    def forward(self, hidden: torch.Tensor, cache: MambaCache | None = None) -> torch.Tensor:
-        """hidden: (B, L, D) -> (B, L, D). With `cache`, start from its state and leave the final state in it."""
+    def forward(
+        self, hidden: torch.Tensor, cache: MambaCache | None = None, seq_idx: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """hidden: (B, L, D) -> (B, L, D). With `cache`, start from its state and leave the final state in it.
+
+        seq_idx (B, L) int: packed sequences; neither the conv nor the scan crosses a change of index.
+        """
         xz = self.in_proj(hidden).transpose(1, 2)  # (B 2E L)
         x, z = xz.chunk(2, dim=1)  # (B E L) each
-        x = F.silu(self._conv(x, cache))
+        x = F.silu(self._conv(x, cache, seq_idx))
         dt, B, C = self._ssm_params(x.transpose(1, 2))  # (B L E), (B L N), (B L N)
         A = -torch.exp(self.A_log.float())  # (E N)
         y = selective_scan(
@@ -135,6 +154,7 @@ class Mamba(nn.Module):
             initial_state=None if cache is None else cache.ssm_state,
             return_last_state=cache is not None,
             backend=self.backend,
+            seq_idx=seq_idx,
         )
         if cache is not None:
             y, cache.ssm_state = y

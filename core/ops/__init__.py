@@ -48,6 +48,7 @@ def selective_scan(
     initial_state=None,
     return_last_state=False,
     backend="auto",
+    seq_idx=None,
 ):
     """Selective scan: same maths and shapes as mamba_ssm's `selective_scan_fn`, plus `initial_state`.
 
@@ -56,16 +57,23 @@ def selective_scan(
 
     Returns y (B, D, L) in u's dtype; with `return_last_state`, (y, last_state (B, D, N) float32),
     gradients flowing through both. See `selective_scan_ref` for the recurrence.
+
+    seq_idx (B, L) int: packed sequences; the state restarts from zero where the index changes.
     """
-    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx)
     backend = resolve_backend(backend, u.is_cuda)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
     if backend == "ref":
-        return selective_scan_ref(*args)
+        return selective_scan_ref(*args, seq_idx=seq_idx)
     if backend == "cpu":
         from .cpu import selective_scan_cpu
 
-        return selective_scan_cpu(*args)
+        return selective_scan_cpu(*args, seq_idx=seq_idx)
+    if seq_idx is not None:
+        raise NotImplementedError(
+            "selective_scan: seq_idx (packed sequences) is not implemented in the Triton backend yet; "
+            "use backend='cpu' or 'ref' on CPU tensors"
+        )
     from .triton_scan import selective_scan_triton
 
     return selective_scan_triton(*args)

@@ -62,7 +62,7 @@ def bc_kind(name: str, t: torch.Tensor, batch: int, dim: int, length: int, d_sta
     return -1  # unreachable
 
 
-def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None):
+def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None, seq_idx=None):
     """Validate the arguments of `selective_scan`; return (batch, dim, length, d_state)."""
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
         got = f"shape {tuple(u.shape)}" if isinstance(u, torch.Tensor) else type(u).__name__
@@ -88,6 +88,14 @@ def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_
         _check_tensor(
             "initial_state", initial_state, (batch, dim, d_state), _FLOAT_DTYPES, device, "(batch, dim, d_state)"
         )
+    if seq_idx is not None:
+        if not isinstance(seq_idx, torch.Tensor) or seq_idx.dtype not in (torch.int32, torch.int64):
+            raise ValueError(
+                "selective_scan: `seq_idx` must be an int32/int64 tensor of shape (batch, length); got "
+                + (f"dtype {seq_idx.dtype}" if isinstance(seq_idx, torch.Tensor) else type(seq_idx).__name__)
+            )
+        if tuple(seq_idx.shape) != (batch, length) or seq_idx.device != device:
+            _fail("seq_idx", f"of shape (batch, length) = {(batch, length)} on {device}", seq_idx)
     return batch, dim, length, d_state
 
 

@@ -135,7 +135,7 @@ def _from_time_major(dM: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, seq_idx):
         dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
         batch, dim, length = u.shape
         n_state = A.shape[1]
@@ -156,19 +156,20 @@ class _SelectiveScanCPU(torch.autograd.Function):
         ckpt = torch.empty(batch, dim, nchunk, n_state, dtype=dtype) if needs_grad else None
         ints = [batch, dim, length, groups, CHUNK, torch.get_num_threads(), b_const, c_const]
         lib = _library(n_state, dtype == torch.float64)
-        _call(lib.scan_fwd, ints, [u_c, dt, A_c, B_c, C_c, D_c, h0, y, last, ckpt])
+        seq = None if seq_idx is None else seq_idx.to(torch.int32).contiguous()
+        _call(lib.scan_fwd, ints, [u_c, dt, A_c, B_c, C_c, D_c, h0, y, last, ckpt, seq])
         out = y if z_c is None else y * F.silu(z_c)
 
         if needs_grad:
             # dt is recomputed in backward rather than saved: one cheap op against a (B, D, L) buffer
-            ctx.save_for_backward(u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, ckpt)
+            ctx.save_for_backward(u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, ckpt, seq)
             ctx.ints, ctx.softplus = ints, softplus
             ctx.originals = (u, delta, A, B, C, D, z, delta_bias, initial_state)
         return out.to(u.dtype), last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, ckpt = ctx.saved_tensors
+        u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, ckpt, seq = ctx.saved_tensors
         u, delta, A, B, C, D, z, delta_bias, initial_state = ctx.originals
         ints = list(ctx.ints)
         ints[5] = torch.get_num_threads()
@@ -189,7 +190,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         dlast = None if dlast is None else dlast.to(dtype).contiguous()
         lib = _library(n_state, dtype == torch.float64)
         _call(
-            lib.scan_bwd, ints, [u_c, dt, A_c, B_c, C_c, D_c, ckpt, g, dlast, du, ddt, dA_rows, dB, dC, dD_rows, dh0, y]
+            lib.scan_bwd, ints, [u_c, dt, A_c, B_c, C_c, D_c, ckpt, g, dlast, du, ddt, dA_rows, dB, dC, dD_rows, dh0, y, seq]
         )
 
         ddelta = ddt * torch.sigmoid(pre) if ctx.softplus else ddt  # softplus' = sigmoid
@@ -212,6 +213,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
             cast(ddelta.sum((0, 2)), delta_bias),
             cast(dh0, initial_state),
             None,
+            None,
         )
 
 
@@ -227,9 +229,10 @@ def selective_scan_cpu(
     delta_softplus=False,
     initial_state=None,
     return_last_state=False,
+    seq_idx=None,
 ):
     """The fused CPU kernel behind `selective_scan(..., backend="cpu")`; same arguments and results."""
     if u.is_cuda:
         raise ValueError("selective_scan backend='cpu' needs CPU tensors; got CUDA tensors")
-    y, last = _SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+    y, last = _SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, seq_idx)
     return (y, last) if return_last_state else y

@@ -37,19 +37,23 @@ def selective_scan_ref(
     delta_softplus=False,
     initial_state=None,
     return_last_state=False,
+    seq_idx=None,
 ):
     """Selective scan, written as the recurrence it is.
 
     u, delta, z: (B, D, L)   A: (D, N)   B, C: (B, N, L) | (B, G, N, L) | (D, N)
-    D, delta_bias: (D,)      initial_state: (B, D, N)
+    D, delta_bias: (D,)      initial_state: (B, D, N)      seq_idx: (B, L) int
 
         delta = softplus(delta + delta_bias)  (or without softplus)
         h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t,   h_{-1} = initial_state or 0
         y_t = <C_t, h_t> + D * u_t;   y = y * silu(z)
 
+    Packed sequences: where seq_idx[:, t] != seq_idx[:, t-1], h_{t-1} is dropped (the new
+    sequence starts from zero); initial_state only feeds the row's first sequence.
+
     Returns y (B, D, L) in u's dtype, and with `return_last_state` also h_{L-1} (B, D, N).
     """
-    batch, dim, length, d_state = check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    batch, dim, length, d_state = check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx)
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     u_f, delta_f = u.to(dtype), delta.to(dtype)
     if delta_bias is not None:
@@ -60,6 +64,10 @@ def selective_scan_ref(
     B_f, C_f = _per_channel(B, dim, dtype), _per_channel(C, dim, dtype)
 
     deltaA = torch.exp(torch.einsum("bdl,dn->bdln", delta_f, A_f))  # (B D L N)
+    if seq_idx is not None:  # a zero decay at the first step of each packed sequence
+        keep = torch.ones(batch, length, dtype=dtype, device=u.device)
+        keep[:, 1:] = (seq_idx[:, 1:] == seq_idx[:, :-1]).to(dtype)
+        deltaA = deltaA * keep[:, None, :, None]
     if B_f.dim() == 2:
         deltaB_u = torch.einsum("bdl,dn,bdl->bdln", delta_f, B_f, u_f)
     else:

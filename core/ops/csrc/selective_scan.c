@@ -14,6 +14,7 @@
  *   B, C variable : (batch, groups, L, N)  -- time-major so a step reads N contiguous values
  *   B, C constant : (dim, N)
  *   ckpt : (batch, dim, nchunk, N)  state *before* the first step of each chunk of CHUNK steps
+ *   seq_idx : (batch, L) int32 or NULL; where it changes the state restarts from zero (packed sequences)
  * Memory is linear in L: the backward recomputes states inside one chunk at a time from ckpt,
  * so no (batch, dim, L, N) buffer ever exists.
  */
@@ -79,6 +80,7 @@ typedef struct {
     int64_t batch, dim, length, groups, chunk, nchunk, nthreads;
     int b_const, c_const;
     const REAL *u, *dt, *A, *B, *C, *D, *h0;
+    const int32_t *seq_idx;
     REAL *y, *last, *ckpt;
     /* backward: g = dL/dy (y before the gate) */
     const REAL *g, *dlast;
@@ -87,6 +89,11 @@ typedef struct {
     REAL **dB_part, **dC_part;
     int64_t *bg_lo;
 } scan_args;
+
+/* 0 where step t starts a new packed sequence (the previous state is dropped), else 1 */
+static inline REAL keep_state(const int32_t *seq, int64_t t) {
+    return (seq && t > 0 && seq[t] != seq[t - 1]) ? (REAL)0 : (REAL)1;
+}
 
 typedef struct {
     const scan_args *a;
@@ -115,16 +122,17 @@ static void *fwd_thread(void *arg) {
         REAL *y = a->y + row * L;
         const REAL *B0 = bc_base(a->B, a->b_const, a, b, d), *C0 = bc_base(a->C, a->c_const, a, b, d);
         const int64_t Bs = a->b_const ? 0 : N, Cs = a->c_const ? 0 : N;
+        const int32_t *seq = a->seq_idx ? a->seq_idx + b * L : NULL;
         for (int64_t t0 = 0; t0 < L; t0 += a->chunk) {
             const int64_t t1 = t0 + a->chunk < L ? t0 + a->chunk : L;
             if (a->ckpt) memcpy(a->ckpt + (row * a->nchunk + t0 / a->chunk) * N, h, sizeof(h));
             for (int64_t t = t0; t < t1; ++t) {
-                const REAL dt = dtr[t], x = u[t], dtx = dt * x;
+                const REAL dt = dtr[t], x = u[t], dtx = dt * x, keep = keep_state(seq, t);
                 const REAL *Bt = B0 + t * Bs;
                 const REAL *Ct = C0 + t * Cs;
                 REAL acc[N];
                 for (int n = 0; n < N; ++n) {
-                    h[n] = EXP_STATE(dt * Ad[n]) * h[n] + dtx * Bt[n];
+                    h[n] = EXP_STATE(dt * Ad[n]) * keep * h[n] + dtx * Bt[n];
                     acc[n] = Ct[n] * h[n];
                 }
                 y[t] = Dd * x + sum_state(acc);
@@ -160,6 +168,7 @@ static void *bwd_thread(void *arg) {
         REAL *du = a->du + row * L, *ddtr = a->ddt + row * L;
         REAL *yr = a->y ? a->y + row * L : NULL;
         REAL dD_acc = 0;
+        const int32_t *seq = a->seq_idx ? a->seq_idx + b * L : NULL;
         const REAL *B0 = bc_base(a->B, a->b_const, a, b, d), *C0 = bc_base(a->C, a->c_const, a, b, d);
         const int64_t Bs = a->b_const ? 0 : N, Cs = a->c_const ? 0 : N;
         for (int64_t c = a->nchunk - 1; c >= 0; --c) {
@@ -171,8 +180,9 @@ static void *bwd_thread(void *arg) {
                 const REAL *Bt = B0 + t * Bs;
                 const REAL *hp = hs + (t - t0) * N;
                 REAL *hn = hs + (t - t0 + 1) * N, *et = es + (t - t0) * N;
+                const REAL keep = keep_state(seq, t);
                 for (int n = 0; n < N; ++n) {
-                    et[n] = EXP_STATE(dt * Ad[n]);
+                    et[n] = EXP_STATE(dt * Ad[n]) * keep; /* a reset is a zero decay */
                     hn[n] = et[n] * hp[n] + dtx * Bt[n];
                 }
             }
@@ -244,7 +254,7 @@ static void run_threads(const scan_args *a, void *(*fn)(void *)) {
 }
 
 /* i64: batch, dim, length, groups, chunk, nthreads, b_const, c_const
- * ptr: u, dt, A, B, C, D, h0, y, last, ckpt (NULL where absent) */
+ * ptr: u, dt, A, B, C, D, h0, y, last, ckpt, seq_idx (NULL where absent) */
 int scan_fwd(const int64_t *i64, void **ptr) {
     scan_args a;
     memset(&a, 0, sizeof(a));
@@ -253,14 +263,14 @@ int scan_fwd(const int64_t *i64, void **ptr) {
     a.b_const = (int)i64[6]; a.c_const = (int)i64[7];
     a.nchunk = (a.length + a.chunk - 1) / a.chunk;
     a.u = ptr[0]; a.dt = ptr[1]; a.A = ptr[2]; a.B = ptr[3]; a.C = ptr[4]; a.D = ptr[5];
-    a.h0 = ptr[6]; a.y = ptr[7]; a.last = ptr[8]; a.ckpt = ptr[9];
+    a.h0 = ptr[6]; a.y = ptr[7]; a.last = ptr[8]; a.ckpt = ptr[9]; a.seq_idx = ptr[10];
     run_threads(&a, fwd_thread);
     return 0;
 }
 
 /* i64: as scan_fwd
  * ptr: u, dt, A, B, C, D, ckpt, g, dlast, du, ddt, dA (batch, dim, N), dB, dC, dD (batch, dim), dh0,
- *      y (recomputed y before the gate, or NULL)
+ *      y (recomputed y before the gate, or NULL), seq_idx
  * dB/dC: (batch, groups, L, N) for variable matrices, (batch, dim, N) per-row partials for constant.
  * Per-row partials are summed over the batch by the caller, in a fixed order (deterministic). */
 int scan_bwd(const int64_t *i64, void **ptr) {
@@ -272,7 +282,7 @@ int scan_bwd(const int64_t *i64, void **ptr) {
     a.nchunk = (a.length + a.chunk - 1) / a.chunk;
     a.u = ptr[0]; a.dt = ptr[1]; a.A = ptr[2]; a.B = ptr[3]; a.C = ptr[4]; a.D = ptr[5];
     a.ckpt = ptr[6]; a.g = ptr[7]; a.dlast = ptr[8]; a.du = ptr[9]; a.ddt = ptr[10]; a.dA = ptr[11];
-    a.dB = ptr[12]; a.dC = ptr[13]; a.dD = ptr[14]; a.dh0 = ptr[15]; a.y = ptr[16];
+    a.dB = ptr[12]; a.dC = ptr[13]; a.dD = ptr[14]; a.dh0 = ptr[15]; a.y = ptr[16]; a.seq_idx = ptr[17];
 
     const int64_t rows = a.batch * a.dim;
     int64_t T = a.nthreads < rows ? a.nthreads : rows;
