@@ -190,7 +190,9 @@ class _SelectiveScanCPU(torch.autograd.Function):
         dlast = None if dlast is None else dlast.to(dtype).contiguous()
         lib = _library(n_state, dtype == torch.float64)
         _call(
-            lib.scan_bwd, ints, [u_c, dt, A_c, B_c, C_c, D_c, ckpt, g, dlast, du, ddt, dA_rows, dB, dC, dD_rows, dh0, y, seq]
+            lib.scan_bwd,
+            ints,
+            [u_c, dt, A_c, B_c, C_c, D_c, ckpt, g, dlast, du, ddt, dA_rows, dB, dC, dD_rows, dh0, y, seq],
         )
 
         ddelta = ddt * torch.sigmoid(pre) if ctx.softplus else ddt  # softplus' = sigmoid

@@ -22,9 +22,17 @@ def run_separately(xs, softplus):
             sl = slice(start, start + n)
             pick = lambda t: None if t is None else t[b : b + 1, ..., sl]
             y, h = selective_scan_ref(
-                pick(xs["u"]), pick(xs["delta"]), xs["A"], pick(xs["B"]), pick(xs["C"]), xs["D"], pick(xs["z"]),
-                xs["delta_bias"], softplus,
-                initial_state=xs["initial_state"][b : b + 1] if i == 0 else None, return_last_state=True,
+                pick(xs["u"]),
+                pick(xs["delta"]),
+                xs["A"],
+                pick(xs["B"]),
+                pick(xs["C"]),
+                xs["D"],
+                pick(xs["z"]),
+                xs["delta_bias"],
+                softplus,
+                initial_state=xs["initial_state"][b : b + 1] if i == 0 else None,
+                return_last_state=True,
             )
             row_ys.append(y)
             start += n
@@ -47,7 +55,9 @@ def test_packed_equals_separate_values_and_gradients(backend, groups):
 
     xr = differentiable(inp)
     y_sep, last_sep = run_separately(xr, True)
-    grads_sep = torch.autograd.grad((y_sep * w_y).sum() + (last_sep * w_h).sum(), [v for v in xr.values() if v is not None])
+    grads_sep = torch.autograd.grad(
+        (y_sep * w_y).sum() + (last_sep * w_h).sum(), [v for v in xr.values() if v is not None]
+    )
 
     torch.testing.assert_close(y, y_sep, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(last, last_sep, rtol=1e-5, atol=1e-5)
@@ -68,13 +78,16 @@ def test_cpu_packed_gradcheck_float64():
     seq_idx = torch.tensor([[0, 0, 1, 1, 1, 2, 2]], dtype=torch.int32)
 
     def fn(*args):
-        return selective_scan(**dict(zip(names, args)), delta_softplus=True, return_last_state=True,
-                              seq_idx=seq_idx, backend="cpu")
+        return selective_scan(
+            **dict(zip(names, args)), delta_softplus=True, return_last_state=True, seq_idx=seq_idx, backend="cpu"
+        )
 
     assert torch.autograd.gradcheck(fn, tuple(differentiable(inp)[k] for k in names), eps=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("bad,match", [(torch.zeros(3, 13), "int32/int64"), (torch.zeros(3, 12, dtype=torch.int32), "seq_idx")])
+@pytest.mark.parametrize(
+    "bad,match", [(torch.zeros(3, 13), "int32/int64"), (torch.zeros(3, 12, dtype=torch.int32), "seq_idx")]
+)
 def test_bad_seq_idx(bad, match):
     with pytest.raises(ValueError, match=match):
         selective_scan(**make_scan_inputs(3, 4, 13, 8), seq_idx=bad, backend="cpu")
