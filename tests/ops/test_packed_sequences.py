@@ -20,7 +20,7 @@ def run_separately(xs, softplus):
         start, row_ys, h = 0, [], None
         for i, n in enumerate(row):
             sl = slice(start, start + n)
-            pick = lambda t: None if t is None else t[b : b + 1, ..., sl]
+            pick = lambda t, b=b, sl=sl: None if t is None else t[b : b + 1, ..., sl]
             y, h = selective_scan_ref(
                 pick(xs["u"]),
                 pick(xs["delta"]),
