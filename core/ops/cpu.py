@@ -24,11 +24,10 @@ import threading
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .checks import compute_dtype
 
-CHUNK = 64  # checkpoint interval: ckpt memory is N/CHUNK = 1/4 of u's at d_state 16
+CHUNK = 64  # checkpoint interval (csrc CHUNK): ckpt memory is N/CHUNK = 1/4 of u's at d_state 16
 _SOURCE = Path(__file__).with_name("csrc") / "selective_scan.c"
 _LIBS: dict[tuple[int, bool], ctypes.CDLL] = {}
 _LOCK = threading.Lock()
@@ -146,77 +145,61 @@ class _SelectiveScanCPU(torch.autograd.Function):
         u_c, delta_c, z_c, A_c, D_c, bias_c, h0 = map(conv, (u, delta, z, A, D, delta_bias, initial_state))
         B_c = conv(B) if b_const else _time_major(B, groups, dtype)
         C_c = conv(C) if c_const else _time_major(C, groups, dtype)
-        pre = delta_c if bias_c is None else delta_c + bias_c[:, None]
-        dt = (F.softplus(pre) if softplus else pre).contiguous()  # torch's vectorised softplus
+        seq = None if seq_idx is None else seq_idx.to(torch.int32).contiguous()
 
-        y = torch.empty(batch, dim, length, dtype=dtype)  # before the z gate
+        out = torch.empty(batch, dim, length, dtype=dtype)
         last = torch.empty(batch, dim, n_state, dtype=dtype)
         needs_grad = any(ctx.needs_input_grad)
-        nchunk = (length + CHUNK - 1) // CHUNK
-        ckpt = torch.empty(batch, dim, nchunk, n_state, dtype=dtype) if needs_grad else None
-        ints = [batch, dim, length, groups, CHUNK, torch.get_num_threads(), b_const, c_const]
+        ckpt = torch.empty(batch, dim, (length + CHUNK - 1) // CHUNK, n_state, dtype=dtype) if needs_grad else None
+        ints = [batch, dim, length, groups, torch.get_num_threads(), b_const, c_const, bool(softplus)]
         lib = _library(n_state, dtype == torch.float64)
-        seq = None if seq_idx is None else seq_idx.to(torch.int32).contiguous()
-        _call(lib.scan_fwd, ints, [u_c, dt, A_c, B_c, C_c, D_c, h0, y, last, ckpt, seq])
-        out = y if z_c is None else y * F.silu(z_c)
+        _call(lib.scan_fwd, ints, [u_c, delta_c, bias_c, z_c, A_c, B_c, C_c, D_c, h0, seq, out, last, ckpt])
 
         if needs_grad:
-            # dt is recomputed in backward rather than saved: one cheap op against a (B, D, L) buffer
-            ctx.save_for_backward(u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, ckpt, seq)
-            ctx.ints, ctx.softplus = ints, softplus
+            ctx.save_for_backward(u_c, delta_c, bias_c, z_c, A_c, B_c, C_c, D_c, seq, ckpt)
+            ctx.ints = ints
             ctx.originals = (u, delta, A, B, C, D, z, delta_bias, initial_state)
         return out.to(u.dtype), last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, ckpt, seq = ctx.saved_tensors
+        u_c, delta_c, bias_c, z_c, A_c, B_c, C_c, D_c, seq, ckpt = ctx.saved_tensors
         u, delta, A, B, C, D, z, delta_bias, initial_state = ctx.originals
         ints = list(ctx.ints)
-        ints[5] = torch.get_num_threads()
+        ints[4] = torch.get_num_threads()
         dtype = u_c.dtype
-        batch, dim, length = u_c.shape
+        batch, dim, _ = u_c.shape
         n_state = A_c.shape[1]
-        dout = dout.to(dtype)
-        pre = delta_c if bias_c is None else delta_c + bias_c[:, None]
-        dt = (F.softplus(pre) if ctx.softplus else pre).contiguous()
-        g = (dout if z_c is None else dout * F.silu(z_c)).contiguous()
-        row_partial = lambda M: torch.zeros(batch, dim, n_state, dtype=dtype) if M.dim() == 2 else torch.empty_like(M)
-        du, ddt = torch.empty_like(u_c), torch.empty_like(u_c)
-        dA_rows = torch.empty(batch, dim, n_state, dtype=dtype)
-        dB, dC = row_partial(B_c), row_partial(C_c)
-        dD_rows = torch.empty(batch, dim, dtype=dtype) if D_c is not None else None
-        dh0 = torch.empty(batch, dim, n_state, dtype=dtype) if initial_state is not None else None
-        y = torch.empty_like(u_c) if z_c is not None else None
+        rows = lambda *shape: torch.empty(batch, dim, *shape, dtype=dtype)
+        du, ddelta = torch.empty_like(u_c), torch.empty_like(u_c)
+        dz = torch.empty_like(u_c) if z_c is not None else None
+        dA_rows = rows(n_state)
+        # constant B/C: per-row partials (accumulated over time by the kernel, so zeroed here)
+        dB = torch.zeros(batch, dim, n_state, dtype=dtype) if B_c.dim() == 2 else torch.empty_like(B_c)
+        dC = torch.zeros(batch, dim, n_state, dtype=dtype) if C_c.dim() == 2 else torch.empty_like(C_c)
+        dD_rows = rows() if D_c is not None else None
+        dbias_rows = rows() if bias_c is not None else None
+        dh0 = rows(n_state) if initial_state is not None else None
+        dout = dout.to(dtype).contiguous()
         dlast = None if dlast is None else dlast.to(dtype).contiguous()
         lib = _library(n_state, dtype == torch.float64)
         _call(
             lib.scan_bwd,
             ints,
-            [u_c, dt, A_c, B_c, C_c, D_c, ckpt, g, dlast, du, ddt, dA_rows, dB, dC, dD_rows, dh0, y, seq],
-        )
+            [u_c, delta_c, bias_c, z_c, A_c, B_c, C_c, D_c, seq, ckpt, dout, dlast,
+             du, ddelta, dz, dA_rows, dB, dC, dD_rows, dbias_rows, dh0],
+        )  # fmt: skip
 
-        ddelta = ddt * torch.sigmoid(pre) if ctx.softplus else ddt  # softplus' = sigmoid
-        dz = None
-        if z_c is not None:
-            s = torch.sigmoid(z_c)
-            dz = dout * y * s * (1 + z_c * (1 - s))  # d silu(z) / dz = s (1 + z (1 - s))
         # per-row partials summed over the batch here, in a fixed order: deterministic
         dB = dB.sum(0) if B.dim() == 2 else _from_time_major(dB, B)
         dC = dC.sum(0) if C.dim() == 2 else _from_time_major(dC, C)
+        batch_sum = lambda g: None if g is None else g.sum(0)
         cast = lambda grad, like: None if grad is None or like is None else grad.to(like.dtype)
         return (
-            cast(du, u),
-            cast(ddelta, delta),
-            cast(dA_rows.sum(0), A),
-            cast(dB, B),
-            cast(dC, C),
-            cast(None if dD_rows is None else dD_rows.sum(0), D),
-            cast(dz, z),
-            cast(ddelta.sum((0, 2)), delta_bias),
-            cast(dh0, initial_state),
-            None,
-            None,
-        )
+            cast(du, u), cast(ddelta, delta), cast(dA_rows.sum(0), A), cast(dB, B), cast(dC, C),
+            cast(batch_sum(dD_rows), D), cast(dz, z), cast(batch_sum(dbias_rows), delta_bias),
+            cast(dh0, initial_state), None, None,
+        )  # fmt: skip
 
 
 def selective_scan_cpu(
