@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from core.generation import InferenceCache, sample_logits
+from core.modules.lti import MambaLTI
 from core.modules.mamba import Mamba
 from core.modules.norm import RMSNorm
 
@@ -36,6 +37,9 @@ class MambaConfig:
     pad_vocab_size_multiple: int = 8  # lm_head rows padded so the matmul tiles evenly
     norm_epsilon: float = 1e-5
     backend: str = "auto"  # selective-scan backend for every layer, see core.ops.selective_scan
+    # "mamba": selective SSM (S6); "lti" / "lti_complex": the same block with a time-invariant SSM
+    # (S4D-Real / S4D-Lin A), the paper's ablation baseline. Non-default mixers change the state_dict.
+    mixer: str = "mamba"
 
     @property
     def padded_vocab_size(self) -> int:
@@ -54,9 +58,13 @@ class Block(nn.Module):
             if config.rms_norm
             else nn.LayerNorm(config.d_model, eps=config.norm_epsilon)
         )
-        self.mixer = Mamba(
-            config.d_model, d_state=config.d_state, d_conv=config.d_conv, expand=config.expand, backend=config.backend
-        )
+        size = {"d_state": config.d_state, "d_conv": config.d_conv, "expand": config.expand}
+        if config.mixer == "mamba":
+            self.mixer = Mamba(config.d_model, **size, backend=config.backend)
+        elif config.mixer in ("lti", "lti_complex"):
+            self.mixer = MambaLTI(config.d_model, **size, complex_a=config.mixer == "lti_complex")
+        else:
+            raise ValueError(f"MambaConfig.mixer must be 'mamba', 'lti' or 'lti_complex'; got {config.mixer!r}")
 
     def _add_norm(self, hidden, residual):
         residual = hidden if residual is None else hidden + residual

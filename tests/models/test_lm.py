@@ -179,3 +179,19 @@ def test_packed_rows_equal_separate_sequences():
     (g_sep,) = torch.autograd.grad(separate.square().mean(), [model.backbone.layers[0].mixer.conv1d.weight])
     torch.testing.assert_close(packed, separate, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(g_packed, g_sep, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mixer", ["lti", "lti_complex"])
+def test_lti_mixer_lm_decodes_like_its_parallel_forward(mixer):
+    model = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=7, d_state=4, mixer=mixer)).eval()
+    ids = torch.randint(0, 7, (2, 9))
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.new_cache(2)
+        steps = [model(ids[:, :2], cache=cache)] + [model.step(ids[:, t], cache)[:, None] for t in range(2, 9)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_mixer_is_rejected():
+    with pytest.raises(ValueError, match="'mamba', 'lti' or 'lti_complex'"):
+        MambaLM(MambaConfig(d_model=8, n_layer=1, vocab_size=4, mixer="s4"))

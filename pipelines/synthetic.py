@@ -1,0 +1,196 @@
+"""The Mamba paper's synthetic tasks (sec. 3.1 / 4.1, app. E.1): selective copying and induction heads.
+
+    python -m pipelines.synthetic copying --mixer mamba --steps 4000 --device cuda --out runs/copy_s6
+    python -m pipelines.synthetic copying --mixer lti_complex --steps 4000 --device cuda --out runs/copy_s4
+    python -m pipelines.synthetic induction --steps 4000 --eval-lengths 64 256 4096 65536 1048576 --out runs/ind
+
+Selective copying: `n_tokens` data tokens scattered at random positions of a `length`-long run of
+noise, then `n_tokens` markers; at the i-th marker the model must output the i-th data token.
+Induction heads: random tokens with a trigger token followed by the answer somewhere, and the
+trigger again at the end; the model must output the answer. Both are generated on the fly from
+a seeded generator; evaluation sets are fixed by their own seed. Two-layer models, d_model 64.
+
+Prints progress to stderr and one JSON line on stdout (accuracies); the induction task also
+writes accuracy against test length to `<out>/induction_accuracy.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from core.models import MambaConfig, MambaLM
+
+IGNORE = -100
+
+
+def selective_copying_batch(batch: int, length: int, n_tokens: int, vocab: int, generator: torch.Generator):
+    """ids, targets: (batch, length + n_tokens). Token 0 is noise, vocab - 1 the marker, data tokens
+    are 1..vocab-2; targets are IGNORE except at the markers, which hold the data tokens in order."""
+    if not (vocab >= 4 and 1 <= n_tokens <= length):
+        raise ValueError(f"selective copying needs vocab >= 4 and 1 <= n_tokens <= length; got {vocab}, {n_tokens}")
+    data = torch.randint(1, vocab - 1, (batch, n_tokens), generator=generator)
+    # n distinct positions per row, kept in order: the order of the data tokens is the answer's order
+    positions = torch.rand(batch, length, generator=generator).argsort(dim=1)[:, :n_tokens].sort(dim=1).values
+    context = torch.zeros(batch, length, dtype=torch.long).scatter_(1, positions, data)
+    ids = torch.cat([context, torch.full((batch, n_tokens), vocab - 1)], dim=1)
+    targets = torch.full_like(ids, IGNORE)
+    targets[:, length:] = data
+    return ids, targets
+
+
+def induction_batch(batch: int, length: int, vocab: int, generator: torch.Generator):
+    """ids, targets: (batch, length). Token vocab - 1 is the trigger; it appears at a random position p
+    followed by the answer, and again at the last position, whose target is the answer."""
+    if not (vocab >= 3 and length >= 4):
+        raise ValueError(f"induction heads needs vocab >= 3 and length >= 4; got {vocab}, {length}")
+    ids = torch.randint(0, vocab - 1, (batch, length), generator=generator)
+    trigger = vocab - 1
+    p = torch.randint(0, length - 3, (batch,), generator=generator)
+    rows = torch.arange(batch)
+    ids[rows, p] = trigger
+    answer = ids[rows, p + 1]
+    ids[:, -1] = trigger
+    targets = torch.full_like(ids, IGNORE)
+    targets[:, -1] = answer
+    return ids, targets
+
+
+def accuracy(model: MambaLM, ids: torch.Tensor, targets: torch.Tensor, batch_size: int) -> float:
+    """Fraction of target positions where the argmax prediction is right, over the whole set."""
+    correct = total = 0
+    with torch.no_grad():
+        for i in range(0, ids.shape[0], batch_size):
+            x, y = ids[i : i + batch_size], targets[i : i + batch_size]
+            logits = _forward(model, x)
+            mask = y != IGNORE
+            correct += (logits.argmax(-1)[mask] == y[mask]).sum().item()
+            total += mask.sum().item()
+    return correct / total
+
+
+def _forward(model: MambaLM, ids: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ids.is_cuda):
+        return model(ids)
+
+
+def _make_task(args):
+    if args.task == "copying":
+        return lambda n, g: selective_copying_batch(n, args.length, args.n_tokens, args.vocab, g)
+    return lambda n, g, length=None: induction_batch(n, length or args.length, args.vocab, g)
+
+
+def train(args) -> dict:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))  # fmt: skip
+    torch.manual_seed(args.seed)
+    make = _make_task(args)
+    config = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=args.vocab, mixer=args.mixer)
+    model = MambaLM(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.98))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1)))
+    )
+    data_gen = torch.Generator().manual_seed(args.seed)
+    losses, start = [], time.time()
+    for step in range(args.steps):
+        ids, targets = (t.to(device) for t in make(args.batch, data_gen))
+        logits = _forward(model, ids)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % max(1, args.steps // 20) == 0 or step == args.steps - 1:
+            print(f"step {step:6d}  loss {loss.item():.4f}  {time.time() - start:.0f}s", file=sys.stderr)
+
+    model.eval()
+    result = {"task": args.task, "mixer": args.mixer, "steps": args.steps, "train_length": args.length,
+              "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:])}  # fmt: skip
+    eval_gen = lambda: torch.Generator().manual_seed(args.seed + 10_000)  # fixed, disjoint from training
+    if args.task == "copying":
+        ids, targets = make(args.eval_size, eval_gen())
+        result["accuracy"] = accuracy(model, ids.to(device), targets.to(device), args.batch)
+    else:
+        per_length = {}
+        for length in args.eval_lengths:
+            # long sequences: fewer per batch, the same number of evaluated sequences
+            batch = max(1, min(args.batch, args.eval_tokens_per_batch // length))
+            ids, targets = make(args.eval_size, eval_gen(), length)
+            per_length[str(length)] = accuracy(model, ids.to(device), targets.to(device), batch)
+            print(f"eval length {length}: accuracy {per_length[str(length)]:.4f}", file=sys.stderr)
+        result["accuracy_by_length"] = per_length
+        if args.out:
+            result["plot"] = str(_plot(per_length, Path(args.out), args.length))
+    return result
+
+
+def _plot(per_length: dict, out: Path, train_length: int) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    lengths = [int(k) for k in per_length]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(lengths, [100 * v for v in per_length.values()], "o-")
+    ax.axvline(train_length, color="gray", ls="--", lw=1, label=f"train length {train_length}")
+    ax.set(xscale="log", xlabel="test sequence length", ylabel="accuracy (%)", ylim=(0, 102),
+           title="Induction heads: length generalisation")  # fmt: skip
+    ax.legend()
+    fig.tight_layout()
+    path = out / "induction_accuracy.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=["copying", "induction"])
+    p.add_argument("--mixer", default="mamba", choices=["mamba", "lti", "lti_complex"])
+    p.add_argument(
+        "--length", type=int, default=None, help="copying: context length (4096); induction: train length (256)"
+    )
+    p.add_argument("--n-tokens", type=int, default=16, help="copying: tokens to memorise")
+    p.add_argument("--vocab", type=int, default=16)
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--n-layer", type=int, default=2)
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--eval-size", type=int, default=512, help="sequences in each fixed evaluation set")
+    p.add_argument("--eval-lengths", type=int, nargs="+", default=[2**k for k in range(6, 21)])
+    p.add_argument("--eval-tokens-per-batch", type=int, default=2**22)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    if args.length is None:
+        args.length = 4096 if args.task == "copying" else 256
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    result = train(args)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "result.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
