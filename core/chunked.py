@@ -14,24 +14,10 @@ Works with any model whose cache is an `InferenceCache` of dataclass layers hold
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
-from core.generation import InferenceCache
-
-
-def _state_tensors(cache: InferenceCache) -> list[torch.Tensor]:
-    return [getattr(layer, f.name) for layer in cache.layers for f in dataclasses.fields(layer)]
-
-
-def _set_state_tensors(cache: InferenceCache, tensors: list[torch.Tensor]) -> None:
-    it = iter(tensors)
-    for layer in cache.layers:
-        for f in dataclasses.fields(layer):
-            setattr(layer, f.name, next(it))
 
 
 def _chunks(length: int, chunk_length: int) -> list[slice]:
@@ -68,17 +54,17 @@ def chunked_backward(
     starts = []
     with torch.no_grad():
         for sl in pieces:
-            starts.append([t.detach().clone() for t in _state_tensors(cache)])
+            starts.append([t.detach().clone() for t in cache.tensors()])
             model(input_ids[:, sl], cache=cache)
 
     total, grad_out = 0.0, None  # grad_out: d loss / d (state at the end of the current chunk)
     for sl, start in zip(reversed(pieces), reversed(starts)):
         leaves = [t.clone().requires_grad_() for t in start]
-        _set_state_tensors(cache, leaves)
+        cache.set_tensors(leaves)
         loss = loss_sum(model(input_ids[:, sl], cache=cache), targets[:, sl]) / n_targets
         outputs, grads = [loss], [None]
         if grad_out is not None:
-            ends = _state_tensors(cache)
+            ends = cache.tensors()
             outputs += [e for e, g in zip(ends, grad_out) if e.requires_grad]
             grads += [g for e, g in zip(ends, grad_out) if e.requires_grad]
         torch.autograd.backward(outputs, grads)

@@ -5,6 +5,8 @@ Imports nothing from the package (models import this, not the other way round).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +21,46 @@ class InferenceCache:
 
     layers: list = field(default_factory=list)
     seqlen_offset: int = 0
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every state tensor, layer by layer, in field order (each layer is a dataclass of tensors)."""
+        return [getattr(layer, f.name) for layer in self.layers for f in dataclasses.fields(layer)]
+
+    def set_tensors(self, tensors: list[torch.Tensor]) -> None:
+        """Rebind the state tensors, in the order `tensors()` gives them."""
+        it = iter(tensors)
+        for layer in self.layers:
+            for f in dataclasses.fields(layer):
+                setattr(layer, f.name, next(it))
+
+
+class GraphedStep:
+    """One decoding step captured as a CUDA graph and replayed: a step of a small model is dozens
+    of tiny kernels whose launch overhead dominates; a replay launches them all at once.
+
+    `step(tokens (B,), cache) -> logits (B, V)` must update the cache *in place* (as Mamba's step
+    does): the graph reads and writes the cache tensors it saw at capture time.
+    """
+
+    def __init__(self, step: Callable, cache: InferenceCache, batch_size: int, device: torch.device):
+        self.tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
+        saved = [t.clone() for t in cache.tensors()]
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up: cuBLAS handles, Triton compilation
+            for _ in range(2):
+                step(self.tokens, cache)
+        torch.cuda.current_stream(device).wait_stream(side)
+        for t, s in zip(cache.tensors(), saved):  # the warm-up steps must not count
+            t.copy_(s)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = step(self.tokens, cache)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.tokens.copy_(tokens)
+        self.graph.replay()
+        return self.logits
 
 
 def sample_logits(

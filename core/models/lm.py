@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.generation import InferenceCache, sample_logits
+from core.generation import GraphedStep, InferenceCache, sample_logits
 from core.modules.lti import MambaLTI
 from core.modules.mamba import Mamba
 from core.modules.norm import RMSNorm
@@ -153,22 +153,28 @@ class MambaLM(nn.Module):
         top_k: int = 0,
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
+        cuda_graph: bool | None = None,
     ) -> torch.Tensor:
         """Sample continuations: input_ids (B, L0) -> (B, L0 + max_new_tokens).
 
         The prompt is run in parallel once, then one recurrent `step` per new token; padding
-        rows of the vocabulary are never sampled.
+        rows of the vocabulary are never sampled. On CUDA (or with cuda_graph=True) each step
+        replays one captured CUDA graph.
         """
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"generate: input_ids must be (batch, length >= 1); got shape {tuple(input_ids.shape)}")
         cache = self.new_cache(input_ids.shape[0])
         logits = self(input_ids, cache=cache)[:, -1]  # (B V)
+        step = lambda tokens: self.step(tokens, cache)
+        if (input_ids.is_cuda if cuda_graph is None else cuda_graph) and max_new_tokens > 1:
+            step = GraphedStep(self.step, cache, input_ids.shape[0], input_ids.device)
         out = [input_ids]
         for i in range(max_new_tokens):
             token = sample_logits(logits[:, : self.config.vocab_size], temperature, top_k, top_p, generator)
             out.append(token[:, None])
             if i + 1 < max_new_tokens:
-                logits = self.step(token, cache)
+                logits = step(token)
+        cache.seqlen_offset = input_ids.shape[1] + max_new_tokens - 1  # graph replays skip the Python counter
         return torch.cat(out, dim=1)
 
     def save_pretrained(self, directory: str | Path) -> None:

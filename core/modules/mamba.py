@@ -111,7 +111,10 @@ class Mamba(nn.Module):
             history = x.new_zeros(x.shape[0], self.d_inner, k - 1)
         else:
             history = cache.conv_state[:, :, 1:].to(x.dtype)  # the d_conv - 1 inputs before x
-            cache.conv_state = torch.cat([cache.conv_state, x.to(cache.conv_state.dtype)], dim=2)[:, :, -k:]
+            # contiguous: `step` updates it in place, and a captured CUDA graph keeps its address
+            cache.conv_state = torch.cat([cache.conv_state, x.to(cache.conv_state.dtype)], dim=2)[
+                :, :, -k:
+            ].contiguous()
         x_full = torch.cat([history, x], dim=2)  # (B E L + k - 1)
         if seq_idx is None:
             return F.conv1d(x_full, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)  # (B E L)

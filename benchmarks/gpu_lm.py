@@ -1,0 +1,121 @@
+"""Mamba LM training and decoding on one GPU, against mamba_ssm's numbers on an H200.
+
+    python benchmarks/gpu_lm.py --out results.json
+    python benchmarks/gpu_lm.py --only dna_d256_l8_L1M gen_130m_B1
+
+Settings as the anchor file (shared/anchors/mamba_ssm_h200.json, "how"): float32 parameters,
+bf16 autocast, AdamW step included, cross-entropy on random ids, median of 5 steps after 2
+warm-ups; decoding: the 130M model in bf16, a 16-token prompt then 1000 sampled tokens, wall time
+of the second call. mamba_ssm is not installed on the GPU machine, so its numbers (measured there
+with those settings) are copied below and each result is printed with its ratio to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from core.models import MambaConfig, MambaLM
+
+# mamba_ssm 2.3.2.post1 on one H200, torch 2.11 (shared/anchors/mamba_ssm_h200.json)
+ANCHOR = {
+    "dna_d256_l8_L131072": {"tokens_per_s": 1733019, "peak_GiB": 23.89, "step_ms": 302.5},
+    "dna_d256_l8_L1M": {"tokens_per_s": 1387545, "peak_GiB": 47.52, "step_ms": 755.7},
+    "lm130m_L2048": {"tokens_per_s": 174777, "peak_GiB": 33.9, "step_ms": 187.5},
+    "gen_130m_B1": {"tokens_per_s": 1228},
+    "gen_130m_B64": {"tokens_per_s": 65384},
+}
+TRAIN = {  # name: (d_model, n_layer, vocab, batch, length)
+    "dna_d256_l8_L131072": (256, 8, 16, 4, 2**17),
+    "dna_d256_l8_L1M": (256, 8, 16, 1, 2**20),
+    "lm130m_L2048": (768, 24, 50277, 16, 2048),
+}
+GEN = {"gen_130m_B1": 1, "gen_130m_B64": 64}
+
+
+def train_step_bench(d_model, n_layer, vocab, batch, length, steps=5, warmup=2):
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=d_model, n_layer=n_layer, vocab_size=vocab)).cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, vocab, (batch, length + 1), device="cuda")
+    times = []
+    torch.cuda.reset_peak_memory_stats()
+    for i in range(warmup + steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(ids[:, :-1])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "step_ms": round(step_s * 1e3, 1),
+        "tokens_per_s": round(batch * length / step_s),
+        "peak_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "params_M": round(params / 1e6, 2),
+        "loss": round(loss.item(), 3),
+    }
+
+
+def generate_bench(batch, prompt=16, new_tokens=1000):
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=768, n_layer=24, vocab_size=50277)).cuda().to(torch.bfloat16).eval()
+    ids = torch.randint(0, 50277, (batch, prompt), device="cuda")
+    result = {}
+    for graph in (True, False):
+        for _ in range(2):  # the second call is timed, as in the anchor
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = model.generate(ids, new_tokens, top_k=50, top_p=0.9, cuda_graph=graph)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+        key = "cuda_graph" if graph else "no_graph"
+        result[key] = {"s": round(seconds, 3), "tokens_per_s": round(batch * new_tokens / seconds)}
+    assert out.shape == (batch, prompt + new_tokens)
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=None, help="names of the runs to do (default: all)")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("gpu_lm.py needs a CUDA GPU")
+    wanted = lambda name: args.only is None or name in args.only
+    results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": {}}
+    for name, shape in TRAIN.items():
+        if wanted(name):
+            r = train_step_bench(*shape)
+            r["tokens_per_s_vs_mamba_ssm"] = round(r["tokens_per_s"] / ANCHOR[name]["tokens_per_s"], 3)
+            r["peak_memory_vs_mamba_ssm"] = round(r["peak_GiB"] / ANCHOR[name]["peak_GiB"], 3)
+            results["runs"][name] = r
+            print(name, r, file=sys.stderr, flush=True)
+            torch.cuda.empty_cache()
+    for name, batch in GEN.items():
+        if wanted(name):
+            r = generate_bench(batch)
+            r["cuda_graph"]["vs_mamba_ssm"] = round(r["cuda_graph"]["tokens_per_s"] / ANCHOR[name]["tokens_per_s"], 3)
+            results["runs"][name] = r
+            print(name, r, file=sys.stderr, flush=True)
+    line = json.dumps(results)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
