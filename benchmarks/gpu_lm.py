@@ -8,6 +8,8 @@ bf16 autocast, AdamW step included, cross-entropy on random ids, median of 5 ste
 warm-ups; decoding: the 130M model in bf16, a 16-token prompt then 1000 sampled tokens, wall time
 of the second call. mamba_ssm is not installed on the GPU machine, so its numbers (measured there
 with those settings) are copied below and each result is printed with its ratio to them.
+The *_chunked runs train one sequence of 2, 4 and 8 Mi tokens with exact gradients computed
+chunk by chunk (core.chunked.chunked_backward), where one pass would not fit in memory.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from core.chunked import chunked_backward
 from core.models import MambaConfig, MambaLM
 
 # mamba_ssm 2.3.2.post1 on one H200, torch 2.11 (shared/anchors/mamba_ssm_h200.json)
@@ -37,9 +40,12 @@ TRAIN = {  # name: (d_model, n_layer, vocab, batch, length)
     "lm130m_L2048": (768, 24, 50277, 16, 2048),
 }
 GEN = {"gen_130m_B1": 1, "gen_130m_B64": 64}
+# one sequence longer than memory allows in one pass: exact gradients chunk by chunk (core.chunked)
+CHUNKED = {f"dna_d256_l8_L{2**k // 2**20}M_chunked": 2**k for k in (21, 22, 23)}
+CHUNK_LENGTH = 2**19
 
 
-def train_step_bench(d_model, n_layer, vocab, batch, length, steps=5, warmup=2):
+def train_step_bench(d_model, n_layer, vocab, batch, length, steps=5, warmup=2, chunk_length=None):
     torch.manual_seed(0)
     model = MambaLM(MambaConfig(d_model=d_model, n_layer=n_layer, vocab_size=vocab)).cuda()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -49,11 +55,13 @@ def train_step_bench(d_model, n_layer, vocab, batch, length, steps=5, warmup=2):
     for i in range(warmup + steps):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(ids[:, :-1])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            if chunk_length is None:
+                loss = F.cross_entropy(model(ids[:, :-1]).float().flatten(0, 1), ids[:, 1:].flatten())
+                loss.backward()
+            else:
+                loss = torch.tensor(chunked_backward(model, ids[:, :-1], ids[:, 1:], chunk_length))
         optimizer.step()
         torch.cuda.synchronize()
         if i >= warmup:
@@ -101,6 +109,13 @@ def main(argv=None):
             r = train_step_bench(*shape)
             r["tokens_per_s_vs_mamba_ssm"] = round(r["tokens_per_s"] / ANCHOR[name]["tokens_per_s"], 3)
             r["peak_memory_vs_mamba_ssm"] = round(r["peak_GiB"] / ANCHOR[name]["peak_GiB"], 3)
+            results["runs"][name] = r
+            print(name, r, file=sys.stderr, flush=True)
+            torch.cuda.empty_cache()
+    for name, length in CHUNKED.items():
+        if wanted(name):
+            r = train_step_bench(256, 8, 16, 1, length, steps=2, warmup=1, chunk_length=CHUNK_LENGTH)
+            r["chunk_length"] = CHUNK_LENGTH
             results["runs"][name] = r
             print(name, r, file=sys.stderr, flush=True)
             torch.cuda.empty_cache()
