@@ -29,7 +29,10 @@ from .checks import compute_dtype
 
 CHUNK = 64  # checkpoint interval (csrc CHUNK): ckpt memory is N/CHUNK = 1/4 of u's at d_state 16
 _SOURCE = Path(__file__).with_name("csrc") / "selective_scan.c"
-_LIBS: dict[tuple[int, bool], ctypes.CDLL] = {}
+# "openmp": share torch's OpenMP threads (falls back to pthreads if the compiler lacks OpenMP);
+# "pthreads": the kernel's own threads (tests set it to cover that path)
+THREADING = "openmp"
+_LIBS: dict[tuple[int, bool, str], ctypes.CDLL] = {}
 _LOCK = threading.Lock()
 
 
@@ -58,7 +61,7 @@ def _torch_openmp() -> list[str]:
     return [str(renamed[0]), f"-Wl,-rpath,{lib_dir}"] if renamed else []
 
 
-def _compile(n_state: int, double: bool) -> Path:
+def _compile(n_state: int, double: bool, threading: str) -> Path:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         raise RuntimeError(
@@ -69,7 +72,8 @@ def _compile(n_state: int, double: bool) -> Path:
     defines = [f"-DNSTATE={n_state}", f"-DREAL={'double' if double else 'float'}", f"-DREAL_IS_DOUBLE={int(double)}"]
     # no -ffast-math: the inline exp's rounding trick relies on exact float addition
     base_flags = ["-O3", "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
-    key = hashlib.sha256(source + " ".join(defines + base_flags).encode() + _cpu_signature().encode()).hexdigest()[:16]
+    signature = " ".join([*defines, *base_flags, threading, _cpu_signature()])
+    key = hashlib.sha256(source + signature.encode()).hexdigest()[:16]
     target = _cache_dir() / f"selective_scan_{key}.so"
     if target.exists():
         return target
@@ -78,7 +82,8 @@ def _compile(n_state: int, double: bool) -> Path:
     # OpenMP first, linked so it resolves to torch's own libgomp: torch's workers spin for a while
     # after each parallel op, and a second pool of threads would fight them for the cores.
     # Then plain pthreads (e.g. a compiler without OpenMP), each with and without -march=native.
-    for extra in (["-fopenmp", *_torch_openmp()], ["-march=native"], []):
+    openmp = [["-fopenmp", *_torch_openmp()]] if threading == "openmp" else []
+    for extra in (*openmp, ["-march=native"], []):
         flags = [*(["-march=native"] if "-fopenmp" in extra else []), *extra]
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
@@ -93,14 +98,15 @@ def _compile(n_state: int, double: bool) -> Path:
 
 
 def _library(n_state: int, double: bool) -> ctypes.CDLL:
+    key = (n_state, double, THREADING)
     with _LOCK:
-        lib = _LIBS.get((n_state, double))
+        lib = _LIBS.get(key)
         if lib is None:
-            lib = ctypes.CDLL(str(_compile(n_state, double)))
+            lib = ctypes.CDLL(str(_compile(n_state, double, THREADING)))
             for name in ("scan_fwd", "scan_bwd"):
                 getattr(lib, name).argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_void_p)]
                 getattr(lib, name).restype = ctypes.c_int
-            _LIBS[(n_state, double)] = lib
+            _LIBS[key] = lib
         return lib
 
 

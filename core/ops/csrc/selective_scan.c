@@ -2,8 +2,8 @@
  *
  * Compiled on first use by core/ops/cpu.py with -DNSTATE=<d_state> -DREAL=<float|double>, so the
  * loop over the state dimension has a compile-time trip count and vectorises (16 float lanes on
- * AVX-512, 8 on AVX2). Rows are split into contiguous ranges over threads (OpenMP from torch's
- * own runtime when available, else POSIX threads); each row is a sequential recurrence.
+ * AVX-512, 8 on AVX2). Rows are split into contiguous blocks that threads take in turn (OpenMP
+ * from torch's own runtime when available, else POSIX threads); each row is a sequential recurrence.
  *
  * Everything element-wise is fused: softplus(delta + bias), the silu(z) gate and their
  * derivatives are computed per chunk of CHUNK steps in a pre-pass that vectorises over time,
@@ -118,10 +118,13 @@ typedef struct {
     int64_t *bg_lo;
 } scan_args;
 
+/* A block of consecutive rows: the unit of work a thread takes. There are several blocks per
+ * thread, taken dynamically, so a thread that the OS preempts (a busy machine) delays the others
+ * by one block, not by its whole share. */
 typedef struct {
     const scan_args *a;
-    int64_t row_lo, row_hi, tid;
-} thread_args;
+    int64_t row_lo, row_hi, id;
+} row_block;
 
 /* 0 where step t starts a new packed sequence (the previous state is dropped), else 1 */
 static inline REAL keep_state(const int32_t *seq, int64_t t) {
@@ -145,7 +148,7 @@ static inline void chunk_dt(const scan_args *a, const REAL *delta, REAL bias, in
 }
 
 static void *fwd_thread(void *arg) {
-    const thread_args *ta = (const thread_args *)arg;
+    const row_block *ta = (const row_block *)arg;
     const scan_args *a = ta->a;
     const int64_t L = a->length;
     REAL dt[CHUNK], gate[CHUNK];
@@ -187,7 +190,7 @@ static void *fwd_thread(void *arg) {
 }
 
 static void *bwd_thread(void *arg) {
-    const thread_args *ta = (const thread_args *)arg;
+    const row_block *ta = (const row_block *)arg;
     const scan_args *a = ta->a;
     const int64_t L = a->length;
     const int64_t dpg = a->dim / a->groups;
@@ -197,10 +200,10 @@ static void *bwd_thread(void *arg) {
     REAL dt[CHUNK], dsp[CHUNK], g[CHUNK], dgate[CHUNK];
     for (int64_t row = ta->row_lo; row < ta->row_hi; ++row) {
         const int64_t b = row / a->dim, d = row % a->dim;
-        /* variable B/C gradients go to this thread's buffer, indexed from its first (batch, group) */
-        const int64_t bg_off = (b * a->groups + d / dpg - a->bg_lo[ta->tid]) * L * N;
-        REAL *dBrow = a->b_const ? a->dB + row * N : a->dB_part[ta->tid] + bg_off;
-        REAL *dCrow = a->c_const ? a->dC + row * N : a->dC_part[ta->tid] + bg_off;
+        /* variable B/C gradients go to this block's buffer, indexed from its first (batch, group) */
+        const int64_t bg_off = (b * a->groups + d / dpg - a->bg_lo[ta->id]) * L * N;
+        REAL *dBrow = a->b_const ? a->dB + row * N : a->dB_part[ta->id] + bg_off;
+        REAL *dCrow = a->c_const ? a->dC + row * N : a->dC_part[ta->id] + bg_off;
         REAL Ad[N], dh[N], dA_acc[N] = {0};
         for (int n = 0; n < N; ++n) {
             Ad[n] = a->A[d * N + n];
@@ -281,32 +284,55 @@ static void *bwd_thread(void *arg) {
     return NULL;
 }
 
-#define MAX_THREADS 256
+#define MAX_BLOCKS 1024
+#define BLOCKS_PER_THREAD 4
 
-/* Contiguous row ranges, one per thread; scan_bwd's buffer spans assume this same split. */
-static int64_t split_rows(const scan_args *a, thread_args *ta) {
+/* Contiguous row blocks; scan_bwd's buffer spans assume this same split. */
+static int64_t split_rows(const scan_args *a, row_block *blocks) {
     const int64_t rows = a->batch * a->dim;
-    int64_t T = a->nthreads < rows ? a->nthreads : rows;
-    if (T < 1) T = 1;
-    if (T > MAX_THREADS) T = MAX_THREADS;
-    for (int64_t i = 0; i < T; ++i) {
-        ta[i].a = a;
-        ta[i].tid = i;
-        ta[i].row_lo = rows * i / T;
-        ta[i].row_hi = rows * (i + 1) / T;
+    int64_t T = a->nthreads < 1 ? 1 : a->nthreads;
+    int64_t W = T * BLOCKS_PER_THREAD;
+    if (W > rows) W = rows;
+    if (W > MAX_BLOCKS) W = MAX_BLOCKS;
+    if (W < 1) W = 1;
+    for (int64_t i = 0; i < W; ++i) {
+        blocks[i].a = a;
+        blocks[i].id = i;
+        blocks[i].row_lo = rows * i / W;
+        blocks[i].row_hi = rows * (i + 1) / W;
     }
-    return T;
+    return W;
 }
 
-static void run_threads(thread_args *ta, int64_t T, void *(*fn)(void *)) {
+#ifndef _OPENMP
+typedef struct {
+    row_block *blocks;
+    int64_t n_blocks, next;
+    void *(*fn)(void *);
+} work_queue;
+
+static void *pthread_worker(void *arg) {
+    work_queue *q = (work_queue *)arg;
+    for (;;) {
+        const int64_t i = __atomic_fetch_add(&q->next, 1, __ATOMIC_RELAXED);
+        if (i >= q->n_blocks) return NULL;
+        q->fn(&q->blocks[i]);
+    }
+}
+#endif
+
+static void run_blocks(row_block *blocks, int64_t W, int64_t nthreads, void *(*fn)(void *)) {
+    int64_t T = nthreads < 1 ? 1 : (nthreads > W ? W : nthreads);
 #ifdef _OPENMP
     /* torch's own OpenMP runtime (same libgomp.so.1): its already-spinning workers run this */
-#pragma omp parallel for num_threads(T) schedule(static, 1)
-    for (int64_t i = 0; i < T; ++i) fn(&ta[i]);
+#pragma omp parallel for num_threads(T) schedule(dynamic, 1)
+    for (int64_t i = 0; i < W; ++i) fn(&blocks[i]);
 #else
-    pthread_t th[MAX_THREADS];
-    for (int64_t i = 1; i < T; ++i) pthread_create(&th[i], NULL, fn, &ta[i]);
-    fn(&ta[0]);
+    if (T > 64) T = 64;
+    work_queue q = {blocks, W, 0, fn};
+    pthread_t th[64];
+    for (int64_t i = 1; i < T; ++i) pthread_create(&th[i], NULL, pthread_worker, &q);
+    pthread_worker(&q);
     for (int64_t i = 1; i < T; ++i) pthread_join(th[i], NULL);
 #endif
 }
@@ -327,9 +353,9 @@ int scan_fwd(const int64_t *i64, void **ptr) {
     a.u = ptr[0]; a.delta = ptr[1]; a.delta_bias = ptr[2]; a.z = ptr[3]; a.A = ptr[4]; a.B = ptr[5];
     a.C = ptr[6]; a.D = ptr[7]; a.h0 = ptr[8]; a.seq_idx = ptr[9]; a.out = ptr[10]; a.last = ptr[11];
     a.ckpt = ptr[12];
-    thread_args ta[MAX_THREADS];
-    const int64_t T = split_rows(&a, ta);
-    run_threads(ta, T, fwd_thread);
+    row_block blocks[MAX_BLOCKS];
+    const int64_t W = split_rows(&a, blocks);
+    run_blocks(blocks, W, a.nthreads, fwd_thread);
     return 0;
 }
 
@@ -346,18 +372,18 @@ int scan_bwd(const int64_t *i64, void **ptr) {
     a.du = ptr[12]; a.ddelta = ptr[13]; a.dz = ptr[14]; a.dA = ptr[15]; a.dB = ptr[16]; a.dC = ptr[17];
     a.dD = ptr[18]; a.dbias = ptr[19]; a.dh0 = ptr[20];
 
-    thread_args ta[MAX_THREADS];
-    const int64_t T = split_rows(&a, ta);
+    row_block blocks[MAX_BLOCKS];
+    const int64_t W = split_rows(&a, blocks);
     /* Variable B/C are shared by the dim/groups channels of a group, and those channels may sit
-     * in different threads. Each thread accumulates into a private buffer covering only the
-     * (batch, group) pairs its contiguous row range touches; the buffers are then added in thread
-     * order, so the result does not depend on scheduling (no atomics). */
+     * in different blocks. Each block accumulates into a private buffer covering only the
+     * (batch, group) pairs its contiguous row range touches; the buffers are then added in block
+     * order, so the result does not depend on which thread ran what (no atomics). */
     const int64_t dpg = a.dim / a.groups, LN = a.length * N;
-    int64_t bg_lo[MAX_THREADS], bg_hi[MAX_THREADS];
-    REAL *dB_part[MAX_THREADS], *dC_part[MAX_THREADS];
+    int64_t bg_lo[MAX_BLOCKS], bg_hi[MAX_BLOCKS];
+    REAL *dB_part[MAX_BLOCKS], *dC_part[MAX_BLOCKS];
     int failed = 0;
-    for (int64_t i = 0; i < T; ++i) {
-        const int64_t r0 = ta[i].row_lo, r1 = ta[i].row_hi > r0 ? ta[i].row_hi : r0 + 1;
+    for (int64_t i = 0; i < W; ++i) {
+        const int64_t r0 = blocks[i].row_lo, r1 = blocks[i].row_hi > r0 ? blocks[i].row_hi : r0 + 1;
         bg_lo[i] = (r0 / a.dim) * a.groups + (r0 % a.dim) / dpg;
         bg_hi[i] = ((r1 - 1) / a.dim) * a.groups + ((r1 - 1) % a.dim) / dpg + 1;
         const size_t n = (size_t)((bg_hi[i] - bg_lo[i]) * LN);
@@ -369,13 +395,13 @@ int scan_bwd(const int64_t *i64, void **ptr) {
         a.bg_lo = bg_lo;
         a.dB_part = dB_part;
         a.dC_part = dC_part;
-        run_threads(ta, T, bwd_thread);
+        run_blocks(blocks, W, a.nthreads, bwd_thread);
         for (int which = 0; which < 2; ++which) {
             if (which == 0 ? a.b_const : a.c_const) continue;
             REAL *dst = which == 0 ? a.dB : a.dC;
             REAL **part = which == 0 ? dB_part : dC_part;
             memset(dst, 0, sizeof(REAL) * (size_t)(a.batch * a.groups * LN));
-            for (int64_t i = 0; i < T; ++i)
+            for (int64_t i = 0; i < W; ++i)
                 for (int64_t bg = bg_lo[i]; bg < bg_hi[i]; ++bg) {
                     REAL *o = dst + bg * LN;
                     const REAL *s = part[i] + (bg - bg_lo[i]) * LN;
@@ -383,7 +409,7 @@ int scan_bwd(const int64_t *i64, void **ptr) {
                 }
         }
     }
-    for (int64_t i = 0; i < T; ++i) {
+    for (int64_t i = 0; i < W; ++i) {
         free(dB_part[i]);
         free(dC_part[i]);
     }
