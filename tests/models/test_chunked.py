@@ -13,7 +13,7 @@ def small_model(seed=0):
     return MambaLM(MambaConfig(d_model=24, n_layer=2, vocab_size=9, d_state=4))
 
 
-@pytest.mark.parametrize("chunk_length", [1, 3, 7, 25])
+@pytest.mark.parametrize("chunk_length", [2, 7, 25])
 def test_chunked_gradients_equal_unchunked(chunk_length):
     ids = torch.randint(0, 9, (2, 21))
     inputs, targets = ids[:, :-1], ids[:, 1:].clone()
@@ -36,7 +36,7 @@ def test_chunked_backward_rejects_nothing_to_predict():
         chunked_backward(small_model(), torch.zeros(1, 5, dtype=torch.long), torch.full((1, 5), -100), 2)
 
 
-@pytest.mark.parametrize("chunk_length", [1, 4, 50])
+@pytest.mark.parametrize("chunk_length", [1, 5, 50])
 def test_streaming_nll_equals_full_pass(chunk_length):
     model = small_model().eval()
     ids = torch.randint(0, 9, (3, 17))

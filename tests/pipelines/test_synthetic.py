@@ -49,7 +49,7 @@ def test_copying_rejects_impossible_settings(bad):
 
 def test_tiny_copying_run_learns_on_cpu(tmp_path, capsys):
     result = main(["copying", "--length", "12", "--n-tokens", "2", "--vocab", "6", "--d-model", "32",
-                   "--steps", "80", "--batch", "32", "--lr", "3e-3", "--warmup", "5", "--eval-size", "64",
+                   "--steps", "40", "--batch", "32", "--lr", "3e-3", "--warmup", "5", "--eval-size", "64",
                    "--device", "cpu", "--out", str(tmp_path)])  # fmt: skip
     assert result["final_loss"] < 0.8 * result["first_loss"]
     assert 0.0 <= result["accuracy"] <= 1.0
