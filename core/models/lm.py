@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from core.generation import GraphedStep, InferenceCache, sample_logits
 from core.modules.lti import MambaLTI
@@ -40,6 +41,9 @@ class MambaConfig:
     # "mamba": selective SSM (S6); "lti" / "lti_complex": the same block with a time-invariant SSM
     # (S4D-Real / S4D-Lin A), the paper's ablation baseline. Non-default mixers change the state_dict.
     mixer: str = "mamba"
+    # recompute each mixer's forward during backward (torch.utils.checkpoint): a layer then keeps
+    # only its input for backward instead of ~6 (B, L, E) activations; costs one more mixer forward
+    checkpoint_mixer: bool = False
 
     @property
     def padded_vocab_size(self) -> int:
@@ -53,6 +57,7 @@ class Block(nn.Module):
     def __init__(self, config: MambaConfig):
         super().__init__()
         self.residual_in_fp32 = config.residual_in_fp32
+        self.checkpoint_mixer = config.checkpoint_mixer
         self.norm = (
             RMSNorm(config.d_model, eps=config.norm_epsilon)
             if config.rms_norm
@@ -74,6 +79,8 @@ class Block(nn.Module):
     def forward(self, hidden, residual=None, cache=None, seq_idx=None):
         """hidden, residual: (B, L, D) -> (mixer output, residual)."""
         hidden, residual = self._add_norm(hidden, residual)
+        if self.checkpoint_mixer and cache is None and torch.is_grad_enabled():
+            return checkpoint(self.mixer, hidden, None, seq_idx, use_reentrant=False), residual
         return self.mixer(hidden, cache, seq_idx), residual
 
     def step(self, hidden, residual, cache):

@@ -195,3 +195,15 @@ def test_lti_mixer_lm_decodes_like_its_parallel_forward(mixer):
 def test_unknown_mixer_is_rejected():
     with pytest.raises(ValueError, match="'mamba', 'lti' or 'lti_complex'"):
         MambaLM(MambaConfig(d_model=8, n_layer=1, vocab_size=4, mixer="s4"))
+
+
+def test_checkpointed_mixers_give_the_same_gradients():
+    torch.manual_seed(0)
+    plain = MambaLM(MambaConfig(d_model=24, n_layer=2, vocab_size=9))
+    torch.manual_seed(0)
+    ckpt = MambaLM(MambaConfig(d_model=24, n_layer=2, vocab_size=9, checkpoint_mixer=True))
+    ids = torch.randint(0, 9, (2, 17))
+    for model in (plain, ckpt):
+        F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
