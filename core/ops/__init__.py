@@ -24,6 +24,21 @@ __all__ = [
 ]
 
 
+def _import_triton(module: str, name: str):
+    """The Triton kernels, imported on first use so `import core` works without Triton."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    except ModuleNotFoundError as err:
+        if err.name != "triton":
+            raise
+        raise RuntimeError(
+            "selective_scan backend 'triton' (the default for CUDA tensors) needs the triton package: "
+            "pip install 'mamba-longseq[gpu]' (or pip install triton)"
+        ) from err
+
+
 def resolve_backend(backend: str, is_cuda: bool) -> str:
     """Map "auto" to the fast backend of the device, and reject unknown names."""
     if backend not in BACKENDS:
@@ -74,8 +89,7 @@ def selective_scan(
             "selective_scan: seq_idx (packed sequences) is not implemented in the Triton backend yet; "
             "use backend='cpu' or 'ref' on CPU tensors"
         )
-    from .triton_scan import selective_scan_triton
-
+    selective_scan_triton = _import_triton("triton_scan", "selective_scan_triton")
     return selective_scan_triton(*args)
 
 
@@ -87,7 +101,6 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     """
     check_step_args(state, x, dt, A, B, C, D, z, dt_bias)
     if state.is_cuda:
-        from .triton_step import selective_state_update_triton
-
+        selective_state_update_triton = _import_triton("triton_step", "selective_state_update_triton")
         return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

@@ -110,3 +110,14 @@ def test_step_updates_state_in_place_and_matches_one_scan_step():
     )
     torch.testing.assert_close(y, y_scan[..., 0])
     torch.testing.assert_close(state, last)
+
+
+def test_missing_triton_names_the_package_to_install(monkeypatch):
+    import sys
+
+    from core.ops import _import_triton
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` fail
+    monkeypatch.delitem(sys.modules, "core.ops.triton_scan", raising=False)
+    with pytest.raises(RuntimeError, match="pip install"):
+        _import_triton("triton_scan", "selective_scan_triton")
