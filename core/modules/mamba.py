@@ -127,6 +127,15 @@ class Mamba(nn.Module):
             out = out + weight[:, j, None] * x_full[:, :, j : j + length] * same
         return out if self.conv1d.bias is None else out + self.conv1d.bias[:, None]
 
+    def _conv_step(self, x: torch.Tensor, cache: MambaCache) -> torch.Tensor:
+        """One position of the causal conv, then silu: x (B, E) -> (B, E); shifts cache.conv_state in place."""
+        cache.conv_state.copy_(torch.roll(cache.conv_state, shifts=-1, dims=-1))
+        cache.conv_state[:, :, -1] = x.to(cache.conv_state.dtype)
+        x = (cache.conv_state * self.conv1d.weight.squeeze(1)).sum(-1).to(x.dtype)  # (B E)
+        if self.conv1d.bias is not None:
+            x = x + self.conv1d.bias
+        return F.silu(x)
+
     def _ssm_params(self, x: torch.Tensor):
         """x (..., E) -> dt (..., E) before bias/softplus, B and C (..., N)."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -166,12 +175,7 @@ class Mamba(nn.Module):
     def step(self, hidden: torch.Tensor, cache: MambaCache) -> torch.Tensor:
         """hidden: (B, D) one position -> (B, D); updates `cache` in place."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B E) each
-        cache.conv_state.copy_(torch.roll(cache.conv_state, shifts=-1, dims=-1))
-        cache.conv_state[:, :, -1] = x.to(cache.conv_state.dtype)
-        x = (cache.conv_state * self.conv1d.weight.squeeze(1)).sum(-1).to(x.dtype)  # (B E)
-        if self.conv1d.bias is not None:
-            x = x + self.conv1d.bias
-        x = F.silu(x)
+        x = self._conv_step(x, cache)
         dt, B, C = self._ssm_params(x)
         A = -torch.exp(self.A_log.float())
         y = selective_state_update(

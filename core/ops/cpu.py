@@ -28,6 +28,7 @@ import torch
 from .checks import compute_dtype
 
 CHUNK = 64  # checkpoint interval (csrc CHUNK): ckpt memory is N/CHUNK = 1/4 of u's at d_state 16
+ABI_VERSION = 4  # csrc ABI_VERSION: the pointer lists passed to scan_fwd / scan_bwd
 _SOURCE = Path(__file__).with_name("csrc") / "selective_scan.c"
 # "openmp": share torch's OpenMP threads (falls back to pthreads if the compiler lacks OpenMP);
 # "pthreads": the kernel's own threads (tests set it to cover that path)
@@ -102,7 +103,11 @@ def _library(n_state: int, double: bool) -> ctypes.CDLL:
     with _LOCK:
         lib = _LIBS.get(key)
         if lib is None:
-            lib = ctypes.CDLL(str(_compile(n_state, double, THREADING)))
+            path = _compile(n_state, double, THREADING)
+            lib = ctypes.CDLL(str(path))
+            if lib.scan_abi_version() != ABI_VERSION * 1000 + CHUNK:
+                # a stale build next to newer Python code would read its pointers wrongly: refuse it
+                raise RuntimeError(f"selective_scan backend='cpu': {path} does not match this version; delete it")
             for name in ("scan_fwd", "scan_bwd"):
                 getattr(lib, name).argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_void_p)]
                 getattr(lib, name).restype = ctypes.c_int

@@ -33,6 +33,9 @@
 #endif
 #define N NSTATE
 #define CHUNK 64 /* must equal core/ops/cpu.py's CHUNK */
+#define ABI_VERSION 4 /* bump with any change to the argument lists; cpu.py checks it after loading */
+
+int scan_abi_version(void) { return ABI_VERSION * 1000 + CHUNK; }
 
 #if REAL_IS_DOUBLE
 /* float64 exists for gradcheck: plain libm, no approximations */
