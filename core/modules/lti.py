@@ -132,12 +132,7 @@ class MambaLTI(Mamba):
     def step(self, hidden: torch.Tensor, cache: MambaCache) -> torch.Tensor:
         """hidden: (B, D) one position -> (B, D); updates `cache` in place."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B E) each
-        cache.conv_state.copy_(torch.roll(cache.conv_state, shifts=-1, dims=-1))
-        cache.conv_state[:, :, -1] = x.to(cache.conv_state.dtype)
-        x = (cache.conv_state * self.conv1d.weight.squeeze(1)).sum(-1).to(x.dtype)  # (B E)
-        if self.conv1d.bias is not None:
-            x = x + self.conv1d.bias
-        x = F.silu(x)
+        x = self._conv_step(x, cache)
         dtA, Bbar, C = self._system()
         batch = x.shape[0]
         if not self.complex_a:
