@@ -24,19 +24,31 @@ __all__ = [
 ]
 
 
-def _import_triton(module: str, name: str):
-    """The Triton kernels, imported on first use so `import core` works without Triton."""
-    import importlib
+def _missing_triton(err: ModuleNotFoundError) -> RuntimeError:
+    if err.name != "triton":
+        raise err
+    return RuntimeError(
+        "selective_scan backend 'triton' (the default for CUDA tensors) needs the triton package: "
+        "pip install 'mamba-longseq[gpu]' (or pip install triton)"
+    )
 
+
+# Plain `from .x import y` inside the functions (not importlib): torch.compile traces through these.
+def _load_scan_triton():
+    """The Triton scan, imported on first use so `import core` works without Triton."""
     try:
-        return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        from .triton_scan import selective_scan_triton
     except ModuleNotFoundError as err:
-        if err.name != "triton":
-            raise
-        raise RuntimeError(
-            "selective_scan backend 'triton' (the default for CUDA tensors) needs the triton package: "
-            "pip install 'mamba-longseq[gpu]' (or pip install triton)"
-        ) from err
+        raise _missing_triton(err) from err
+    return selective_scan_triton
+
+
+def _load_step_triton():
+    try:
+        from .triton_step import selective_state_update_triton
+    except ModuleNotFoundError as err:
+        raise _missing_triton(err) from err
+    return selective_state_update_triton
 
 
 def resolve_backend(backend: str, is_cuda: bool) -> str:
@@ -89,8 +101,7 @@ def selective_scan(
             "selective_scan: seq_idx (packed sequences) is not implemented in the Triton backend yet; "
             "use backend='cpu' or 'ref' on CPU tensors"
         )
-    selective_scan_triton = _import_triton("triton_scan", "selective_scan_triton")
-    return selective_scan_triton(*args)
+    return _load_scan_triton()(*args)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
@@ -101,6 +112,5 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     """
     check_step_args(state, x, dt, A, B, C, D, z, dt_bias)
     if state.is_cuda:
-        selective_state_update_triton = _import_triton("triton_step", "selective_state_update_triton")
-        return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+        return _load_step_triton()(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

@@ -115,9 +115,9 @@ def test_step_updates_state_in_place_and_matches_one_scan_step():
 def test_missing_triton_names_the_package_to_install(monkeypatch):
     import sys
 
-    from core.ops import _import_triton
+    from core.ops import _load_scan_triton
 
     monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` fail
     monkeypatch.delitem(sys.modules, "core.ops.triton_scan", raising=False)
     with pytest.raises(RuntimeError, match="pip install"):
-        _import_triton("triton_scan", "selective_scan_triton")
+        _load_scan_triton()

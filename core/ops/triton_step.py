@@ -1,0 +1,134 @@
+"""One decoding step of the selective scan as a single Triton kernel.
+
+At one token per call the step is pure memory traffic: read state (B, D, N) once, write it
+once, plus a few (B, D) vectors. Doing it as torch ops costs ~10 launches and as many passes
+over the state; here it is one launch, one read and one write of the state.
+Reference: `selective_state_update_ref` in reference.py. CPU tensors run in Triton's
+interpreter when TRITON_INTERPRET=1 was set before this module was imported.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .checks import compute_dtype
+
+
+@triton.jit
+def _selective_state_update_kernel(
+    state_ptr,  # (batch, dim, N), updated in place
+    x_ptr,
+    dt_ptr,
+    z_ptr,  # (batch, dim)
+    A_ptr,  # (dim, N)
+    B_ptr,
+    C_ptr,  # (batch, groups, N)
+    D_ptr,
+    bias_ptr,  # (dim,)
+    y_ptr,  # (batch, dim)
+    dim,
+    d_state,
+    group_dim,
+    groups,
+    BD: tl.constexpr,
+    NP: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    IS_F64: tl.constexpr,
+):
+    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
+    pid_b, pid_d = tl.program_id(0), tl.program_id(1)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    d_mask = offs_d < dim
+    mask = d_mask[:, None] & (offs_n < d_state)[None, :]
+    row = pid_b.to(tl.int64) * dim + offs_d  # (BD,)
+    state_offs = row[:, None] * d_state + offs_n[None, :]  # (BD, NP)
+    h = tl.load(state_ptr + state_offs, mask=mask, other=0.0).to(ACC)
+    x = tl.load(x_ptr + row, mask=d_mask, other=0.0).to(ACC)
+    dt = tl.load(dt_ptr + row, mask=d_mask, other=0.0).to(ACC)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(ACC)
+    if SOFTPLUS:
+        dt = tl.where(dt > 20.0, dt, tl.where(dt < -15.0, tl.exp(dt), tl.log(1.0 + tl.exp(dt))))
+    A = tl.load(A_ptr + offs_d[:, None] * d_state + offs_n[None, :], mask=mask, other=0.0).to(ACC)
+    # channel d reads group d // group_dim
+    bc_offs = (pid_b.to(tl.int64) * groups + offs_d // group_dim)[:, None] * d_state + offs_n[None, :]
+    Bm = tl.load(B_ptr + bc_offs, mask=mask, other=0.0).to(ACC)
+    Cm = tl.load(C_ptr + bc_offs, mask=mask, other=0.0).to(ACC)
+    h = h * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * Bm
+    tl.store(state_ptr + state_offs, h.to(state_ptr.dtype.element_ty), mask=mask)
+    y = tl.sum(h * Cm, axis=1)  # (BD,)
+    if HAS_D:
+        y += tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(ACC) * x
+    if HAS_Z:
+        z = tl.load(z_ptr + row, mask=d_mask, other=0.0).to(ACC)
+        y *= z / (1.0 + tl.exp(-z))
+    tl.store(y_ptr + row, y.to(y_ptr.dtype.element_ty), mask=d_mask)
+
+
+def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One recurrent step; `state` (B, D, N) is updated in place.
+
+    x, dt, z: (B, D)   A: (D, N)   B, C: (B, N) | (B, G, N)   D, dt_bias: (D,)
+    Returns y (B, D) in x's dtype. Arguments are validated by `core.ops.checks` before this call.
+    """
+    if not state.is_cuda and type(_selective_state_update_kernel).__name__ != "InterpretedFunction":
+        raise RuntimeError(
+            "selective_state_update_triton got CPU tensors, but the Triton kernel was compiled for the GPU; "
+            "set TRITON_INTERPRET=1 before core.ops.triton_step is imported, or use selective_state_update_ref"
+        )
+    if not state.is_contiguous():
+        raise ValueError(
+            f"selective_state_update: `state` must be contiguous (it is updated in place); "
+            f"got strides {state.stride()} for shape {tuple(state.shape)}"
+        )
+    batch, dim, d_state = state.shape
+    if B.dim() == 2:
+        B = B.unsqueeze(1)  # (batch, 1, N)
+    if C.dim() == 2:
+        C = C.unsqueeze(1)
+    if B.shape[1] != C.shape[1]:  # groups differ: give both the finer grouping
+        groups = math.lcm(B.shape[1], C.shape[1])
+        B = B.repeat_interleave(groups // B.shape[1], dim=1)
+        C = C.repeat_interleave(groups // C.shape[1], dim=1)
+    groups = B.shape[1]
+    x, dt, A, B, C = (t.contiguous() for t in (x, dt, A, B, C))
+    D, z, dt_bias = (None if t is None else t.contiguous() for t in (D, z, dt_bias))
+    acc = compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)
+    y = torch.empty_like(x)
+    NP = max(2, triton.next_power_of_2(d_state))
+    # ~4K state elements per program: enough loads in flight without spilling registers
+    BD = max(1, min(triton.next_power_of_2(dim), 4096 // NP))
+    grid = (batch, triton.cdiv(dim, BD))
+    _selective_state_update_kernel[grid](
+        state,
+        x,
+        dt,
+        z if z is not None else x,
+        A,
+        B,
+        C,
+        D if D is not None else A,
+        dt_bias if dt_bias is not None else A,
+        y,
+        dim,
+        d_state,
+        dim // groups,
+        groups,
+        BD=BD,
+        NP=NP,
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_BIAS=dt_bias is not None,
+        SOFTPLUS=bool(dt_softplus),
+        IS_F64=acc == torch.float64,
+        num_warps=4,
+    )
+    return y

@@ -1,0 +1,194 @@
+"""Triton selective scan against `selective_scan_ref`: values, every gradient, last_state.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1 must be
+set before the kernels are defined, i.e. before `core.ops.triton_scan` is imported). Shapes are
+tiny and the plan (chunk length, channels per program, chunks per segment) is forced small so
+that several chunks, segments and channel blocks are crossed even at length 37.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton")
+
+from core.ops import (  # noqa: E402
+    selective_scan,
+    selective_scan_ref,
+    triton_scan,  # noqa: E402
+)
+from core.ops.triton_scan import ScanPlan  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+# fp32 maths on both sides; the scan orders sums differently from the reference loop
+TOL = {torch.float32: (2e-4, 2e-5), torch.bfloat16: (2e-2, 2e-2), torch.float64: (1e-9, 1e-10)}
+
+
+@pytest.fixture
+def force_plan(monkeypatch):
+    def force(plan):
+        if plan is not None:
+            monkeypatch.setattr(triton_scan, "plan_scan", lambda *args, **kwargs: plan)
+
+    return force
+
+
+def make_inputs(
+    batch,
+    dim,
+    length,
+    d_state,
+    groups=1,
+    bc="var",
+    dtype=torch.float32,
+    seed=0,
+    has_d=True,
+    has_z=True,
+    has_bias=True,
+    has_h0=True,
+):
+    """Random inputs in `dtype` (A, D, delta_bias stay float32 as in a model); bc: var | const | mixed."""
+    g = torch.Generator().manual_seed(seed)
+    param = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def rand(*shape, dt=dtype, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dt).to(DEVICE)
+
+    bc_shape = (batch, groups, d_state, length) if groups > 1 else (batch, d_state, length)
+    B = rand(dim, d_state) if bc == "const" else rand(*bc_shape)
+    C = rand(dim, d_state) if bc in ("const", "mixed") else rand(*bc_shape)
+    return dict(
+        u=rand(batch, dim, length),
+        delta=rand(batch, dim, length, scale=0.5),
+        A=(-0.5 - torch.rand(dim, d_state, generator=g, dtype=torch.float64)).to(param).to(DEVICE),
+        B=B,
+        C=C,
+        D=rand(dim, dt=param) if has_d else None,
+        z=rand(batch, dim, length) if has_z else None,
+        delta_bias=rand(dim, dt=param, scale=0.3) if has_bias else None,
+        initial_state=rand(batch, dim, d_state, dt=param) if has_h0 else None,
+    )
+
+
+def run(fn, inputs, softplus, grads=True, seed=1):
+    """Forward with last_state, then gradients of a random projection of y and last_state."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items() if v is not None}
+    full = {k: leaves.get(k) for k in NAMES}
+    y, last = fn(**full, delta_softplus=softplus, return_last_state=True)
+    if not grads:
+        return y, last, {}
+    g = torch.Generator().manual_seed(seed)
+    wy = torch.randn(y.shape, generator=g).to(DEVICE, y.dtype)
+    wl = torch.randn(last.shape, generator=g).to(DEVICE, last.dtype)
+    loss = (y.float() * wy.float()).sum() + (last * wl).sum()
+    dx = torch.autograd.grad(loss, list(leaves.values()))
+    return y, last, dict(zip(leaves, dx, strict=False))
+
+
+def triton_fn(**kw):
+    return selective_scan(**kw, backend="triton")
+
+
+def assert_close(got, want, dtype, what):
+    rtol, atol = TOL[dtype]
+    scale = want.detach().abs().max().item() + 1e-6
+    err = (got.detach().double() - want.detach().double()).abs().max().item()
+    assert err <= atol * max(scale, 1.0) + rtol * scale, f"{what}: max abs error {err:.3e} (scale {scale:.3e})"
+
+
+CASES = [
+    # (batch, dim, length, d_state, groups, bc, options, plan) ; plan None = the real heuristic
+    (2, 4, 1, 4, 1, "var", {}, None),
+    (2, 4, 37, 5, 1, "var", {}, ScanPlan(16, 2, 1, 2, 1)),
+    (1, 4, 37, 4, 2, "var", {}, ScanPlan(8, 1, 2, 2, 2)),  # groups, several segments
+    (2, 6, 29, 3, 3, "var", dict(has_d=False, has_h0=False), ScanPlan(8, 2, 3, 1, 1)),
+    (2, 4, 23, 4, 1, "const", dict(has_z=False, has_bias=False), ScanPlan(8, 2, 2, 4, 2)),
+    (1, 4, 19, 4, 2, "mixed", dict(has_h0=False), ScanPlan(8, 1, 1, 2, 1)),
+    (1, 2, 40, 4, 1, "var", dict(has_d=False, has_z=False, has_bias=False, has_h0=False), None),
+    # segments of 4 chunks: the segment kernels walk them in one 4x longer chunk
+    (1, 4, 37, 4, 1, "var", dict(has_h0=False), ScanPlan(4, 2, 4, 2, 4)),
+]
+
+
+@pytest.mark.parametrize("softplus", [True, False])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}d{c[1]}l{c[2]}n{c[3]}g{c[4]}{c[5]}")
+def test_matches_reference(case, softplus, force_plan):
+    batch, dim, length, d_state, groups, bc, options, plan = case
+    force_plan(plan)
+    inputs = make_inputs(batch, dim, length, d_state, groups, bc, **options)
+    y, last, grads = run(triton_fn, inputs, softplus)
+    y_ref, last_ref, grads_ref = run(selective_scan_ref, inputs, softplus)
+    assert y.dtype == inputs["u"].dtype and last.dtype == torch.float32
+    assert_close(y, y_ref, torch.float32, "y")
+    assert_close(last, last_ref, torch.float32, "last_state")
+    assert grads.keys() == grads_ref.keys()
+    for name in grads:
+        assert grads[name].shape == inputs[name].shape and grads[name].dtype == inputs[name].dtype
+        assert_close(grads[name], grads_ref[name], torch.float32, f"d{name}")
+
+
+def test_bf16_inputs_fp32_maths(force_plan):
+    force_plan(ScanPlan(8, 2, 2, 2, 2))
+    inputs = make_inputs(2, 4, 21, 4, dtype=torch.bfloat16)
+    y, last, grads = run(triton_fn, inputs, True)
+    y_ref, last_ref, grads_ref = run(selective_scan_ref, inputs, True)
+    assert y.dtype == torch.bfloat16 and last.dtype == torch.float32
+    assert_close(y, y_ref, torch.bfloat16, "y")
+    assert_close(last, last_ref, torch.float32, "last_state")
+    for name in grads:
+        assert grads[name].dtype == inputs[name].dtype
+        assert_close(grads[name], grads_ref[name], torch.bfloat16, f"d{name}")
+
+
+def test_last_state_only_and_y_only(force_plan):
+    """Gradients reach the inputs through last_state alone, and y alone needs no last_state."""
+    force_plan(ScanPlan(8, 2, 2, 2, 1))
+    inputs = make_inputs(1, 2, 17, 4)
+    for fn_out in (lambda y, last: last.sum(), lambda y, last: y.sum()):
+        leaves = [v.detach().clone().requires_grad_(True) for v in inputs.values()]
+        kw = dict(zip(NAMES, leaves, strict=False))
+        got = torch.autograd.grad(fn_out(*triton_fn(**kw, delta_softplus=True, return_last_state=True)), leaves)
+        # the reference's graph for last_state alone does not touch C (or D, z): no gradient is zero
+        want = torch.autograd.grad(
+            fn_out(*selective_scan_ref(**kw, delta_softplus=True, return_last_state=True)), leaves, allow_unused=True
+        )
+        for name, a, b, leaf in zip(NAMES, got, want, leaves, strict=False):
+            assert_close(a, torch.zeros_like(leaf) if b is None else b, torch.float32, f"d{name}")
+    y = triton_fn(**inputs)
+    assert torch.is_tensor(y) and y.shape == inputs["u"].shape
+
+
+def test_backward_is_deterministic(force_plan):
+    force_plan(ScanPlan(8, 1, 2, 2, 2))
+    inputs = make_inputs(2, 4, 30, 4, groups=2)
+    _, _, first = run(triton_fn, inputs, True)
+    _, _, second = run(triton_fn, inputs, True)
+    for name in first:
+        assert torch.equal(first[name], second[name]), f"d{name} differs between two identical runs"
+
+
+def test_gradcheck_float64(force_plan):
+    # two chunks in two segments, so the gradient crosses the chunk hand-over and the segment pass
+    force_plan(ScanPlan(2, 1, 1, 1, 1))
+    inputs = make_inputs(1, 2, 3, 2, dtype=torch.float64)
+    leaves = [v.detach().clone().requires_grad_(True) for v in inputs.values()]
+
+    def f(*args):
+        return triton_fn(**dict(zip(NAMES, args, strict=False)), delta_softplus=True, return_last_state=True)
+
+    assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_plan_keeps_partial_buffers_small():
+    """The heuristic: no (batch, dim, N, length) buffer; segments only when rows are few."""
+    plan = triton_scan.plan_scan(1, 512, 1 << 20, 16, 512, True, 132)
+    n_chunks = (1 << 20) // plan.chunk
+    assert 1 * (512 // plan.bwd_block) * 16 * (1 << 20) <= triton_scan.PARTIAL_BUDGET
+    assert n_chunks // plan.bwd_seg_chunks > 1 and n_chunks // plan.fwd_seg_chunks > 1
+    plan = triton_scan.plan_scan(8, 2048, 4096, 16, 2048, True, 132)
+    assert plan.fwd_seg_chunks == plan.bwd_seg_chunks == 4096 // plan.chunk  # one segment: rows suffice
