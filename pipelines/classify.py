@@ -1,0 +1,73 @@
+"""LightningModule for sequence classification with a `mamba_bio.models.DNAClassifier`.
+
+Batches are {"input_ids": (B, L), "lengths": (B,), "labels": (B,)} (see
+`mamba_bio.labelled.collate_classification`). Logs f"{stage}/loss" and f"{stage}/acc".
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .lm import optimizer_groups, warmup_cosine
+
+
+class ClassifierModule(pl.LightningModule):
+    """Wraps a classifier `model(input_ids, lengths) -> logits (B, C)`.
+
+    Args:
+        model: the classifier (passed in).
+        lr: peak learning rate (AdamW, linear warmup then cosine decay).
+        weight_decay: AdamW weight decay on matrices.
+        warmup_fraction: fraction of max_steps in LR warmup.
+        max_steps: total optimiser steps (for the schedule).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 2e-3,
+        weight_decay: float = 0.1,
+        warmup_fraction: float = 0.1,
+        max_steps: int = 1000,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids, lengths)
+
+    def _shared_step(self, batch: dict, stage: str):
+        logits = self(batch["input_ids"], batch["lengths"])  # (B C)
+        loss = F.cross_entropy(logits.float(), batch["labels"])
+        acc = (logits.argmax(-1) == batch["labels"]).float().mean()
+        on_step = stage == "train"
+        size = batch["labels"].shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=size)
+        self.log(f"{stage}/acc", acc, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=size)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._shared_step(batch, "train")
+
+    def on_train_epoch_start(self):
+        # seeded augmentation draws depend on (seed, epoch, index): give the dataset the epoch
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "epoch"):
+            dataset.epoch = self.current_epoch
+
+    def validation_step(self, batch, batch_idx):
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        return self._shared_step(batch, "test")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(optimizer_groups(self.model, hp.weight_decay), lr=hp.lr, betas=(0.9, 0.95))
+        warmup = int(hp.warmup_fraction * hp.max_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, hp.max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,400 @@
+"""Trainer set-up and run plumbing shared by the `mamba-bio` and `mamba-audio` CLIs.
+
+    device = resolve_device(args.device)              # "auto" -> "cuda" if present, else "cpu"
+    trainer = build_trainer(out_dir, device, max_steps=200, checkpoint_every=100)
+    trainer.fit(module, datamodule, ckpt_path=resume_checkpoint(out_dir, args.resume))
+    export_model(module.model, config, out_dir)        # model.safetensors + config.json
+    plot_metrics(out_dir)                              # metrics.csv -> metrics.png
+
+A CLI's `main(argv=None)` hands its work to `run_command`, which keeps stdout clean (everything
+printed while the command runs goes to stderr), prints the result dict as the last stdout line,
+and turns bad input into exit code 2 with one line on stderr, removing an output folder the
+failed run created. Files are written to a temporary name and renamed, so a reader never sees
+half a file.
+
+Everything here is domain-free and its signatures are stable: both CLIs import them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+__all__ = [
+    "USER_ERRORS",
+    "ArgumentParser",
+    "atomic_path",
+    "build_trainer",
+    "emit_result",
+    "export_model",
+    "load_exported",
+    "plot_metrics",
+    "precision_for",
+    "resolve_device",
+    "resume_checkpoint",
+    "run_command",
+    "save_run_config",
+    "seed_everything",
+]
+
+# Exceptions that mean "the user gave bad input": each domain's errors.py subclasses one of these
+# (pyfaidx's errors do too), so the CLI wrapper reports them in one line instead of a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, LookupError)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block) and exit code 2, like every other bad input."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# ----------------------------------------------------------------------------- devices, seeds
+
+
+def resolve_device(device: str) -> str:
+    """Map --device auto|cpu|cuda to "cpu" or "cuda"; asking for CUDA without a GPU is bad input."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: choose auto, cpu or cuda")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible to torch; use --device cpu or auto")
+    return device
+
+
+def precision_for(device: str) -> str:
+    """bf16 autocast on GPU (the scan itself runs in fp32 inside the kernels); plain fp32 on CPU,
+    where bf16 matmuls are slower than fp32 on most cores."""
+    return "bf16-mixed" if device == "cuda" else "32-true"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (and dataloader workers) for a reproducible run."""
+    import lightning.pytorch as pl
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`, on error delete it.
+
+    Works for files and folders: whatever the body creates at the yielded path replaces `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()  # the body decides whether it is a file or a folder
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+def resume_checkpoint(out_dir: str | os.PathLike, resume: bool) -> str | None:
+    """`out_dir/last.ckpt` when resuming and it exists, else None (a fresh run)."""
+    last = Path(out_dir) / "last.ckpt"
+    return str(last) if resume and last.is_file() else None
+
+
+def _make_save_last_callback(every_n_steps: int):
+    import lightning.pytorch as pl
+
+    class SaveLast(pl.Callback):
+        """Write `last.ckpt` every `every_n_steps` optimiser steps and when training ends.
+
+        Written to a temporary name and renamed, so a crash mid-write never leaves a broken
+        `last.ckpt` for `--resume` to trip over.
+        """
+
+        def __init__(self, dirpath: Path, every: int):
+            self.dirpath, self.every = dirpath, max(1, every)
+            self._saved_at = -1
+
+        def _save(self, trainer: pl.Trainer) -> None:
+            if trainer.global_step == self._saved_at:
+                return
+            target = self.dirpath / "last.ckpt"
+            with atomic_path(target) as tmp:
+                trainer.save_checkpoint(tmp)
+            self._saved_at = trainer.global_step
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step > 0 and trainer.global_step % self.every == 0:
+                self._save(trainer)
+
+        def on_train_end(self, trainer, pl_module):
+            self._save(trainer)
+
+    return SaveLast
+
+
+def build_trainer(
+    out_dir: str | os.PathLike,
+    device: str,
+    max_steps: int,
+    checkpoint_every: int = 500,
+    val_every: int | None = None,
+    limit_val_batches: int | float = 1.0,
+    log_every: int = 10,
+    grad_clip: float | None = 1.0,
+    accumulate_grad_batches: int = 1,
+    progress: bool = True,
+    callbacks: list | None = None,
+):
+    """A Lightning Trainer writing everything into `out_dir`.
+
+    - `device`: "cpu" or "cuda" (from `resolve_device`); bf16 autocast on GPU, fp32 on CPU.
+    - `max_steps` optimiser steps; validation every `val_every` steps (default: once, at the end),
+      counted in steps rather than epochs so map-style and endless datasets behave alike.
+    - `out_dir/last.ckpt` every `checkpoint_every` steps and at the end (resume with
+      `trainer.fit(..., ckpt_path=resume_checkpoint(out_dir, True))`).
+    - `out_dir/metrics.csv` (CSVLogger) and, when `tensorboard` is installed, `out_dir/tensorboard/`.
+    - Progress bar on stderr (`run_command` sends stdout to stderr while the command runs).
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previous = out_dir / "metrics.csv"
+    if previous.is_file():
+        # CSVLogger deletes an existing metrics.csv; keep a resumed run's earlier curves beside it
+        n = len(list(out_dir.glob("metrics.part*.csv")))
+        os.replace(previous, out_dir / f"metrics.part{n}.csv")
+    # name="" and version="" put metrics.csv and hparams.yaml directly in out_dir.
+    loggers: list = [CSVLogger(save_dir=str(out_dir), name="", version="")]
+    if importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(out_dir), name="tensorboard", version=""))
+
+    save_last = _make_save_last_callback(checkpoint_every)(out_dir, checkpoint_every)
+    all_callbacks = [save_last, LearningRateMonitor(logging_interval="step")]
+    if progress:
+        all_callbacks.append(TQDMProgressBar(refresh_rate=max(1, log_every)))
+    all_callbacks += callbacks or []
+
+    val_every = max_steps if val_every is None else min(val_every, max_steps)
+    return pl.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        precision=precision_for(device),
+        max_steps=max_steps,
+        max_epochs=-1,
+        val_check_interval=max(1, val_every),
+        check_val_every_n_epoch=None,
+        limit_val_batches=limit_val_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, log_every),
+        gradient_clip_val=grad_clip,
+        accumulate_grad_batches=accumulate_grad_batches,
+        logger=loggers,
+        callbacks=all_callbacks,
+        enable_checkpointing=False,  # SaveLast above owns last.ckpt
+        enable_progress_bar=progress,
+        enable_model_summary=True,
+        default_root_dir=str(out_dir),
+    )
+
+
+# ----------------------------------------------------------------------------- exports
+
+
+def _config_dict(config: Any) -> dict:
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    if isinstance(config, dict):
+        return dict(config)
+    raise TypeError(f"export_model: config must be a dataclass or dict, got {type(config).__name__}")
+
+
+def export_model(model: torch.nn.Module, config: Any, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write `out_dir/model.safetensors` (the model's state_dict, fp32 on CPU) and `out_dir/config.json`.
+
+    `config` is the model's config dataclass (or a dict); `extra` adds keys to config.json (e.g. the
+    task, label names). Tied weights are stored under every name, so `load_state_dict` needs no
+    re-tying. Returns the path of the safetensors file.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # clone: safetensors refuses tensors sharing storage (tied embedding / lm_head).
+    state = {
+        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
+        for k, v in model.state_dict().items()
+    }
+    weights = out_dir / "model.safetensors"
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    payload = _config_dict(config)
+    if extra:
+        payload.update(extra)
+    _write_text(out_dir / "config.json", json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return weights
+
+
+def load_exported(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read an export: `path` is the folder or its model.safetensors. Returns (config dict, state_dict)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    weights = folder / "model.safetensors"
+    config_file = folder / "config.json"
+    for needed in (weights, config_file):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed}: not found; pass a run folder written by `pretrain`/`train`")
+    return json.loads(config_file.read_text()), load_file(str(weights))
+
+
+def save_run_config(config: dict, out_dir: str | os.PathLike, name: str = "run_config.yaml") -> Path:
+    """Save the resolved run configuration (CLI arguments after defaults) as YAML in the run folder."""
+    path = Path(out_dir) / name
+    plain = json.loads(json.dumps(config, default=str))  # Paths and other objects -> strings
+    _write_text(path, yaml.safe_dump(plain, sort_keys=False))
+    return path
+
+
+def plot_metrics(
+    out_dir: str | os.PathLike, csv_name: str = "metrics.csv", png_name: str = "metrics.png"
+) -> Path | None:
+    """Plot every numeric column of `out_dir/metrics.csv` against `step`, one panel each, to a PNG.
+
+    Curves of earlier runs of a resumed folder (metrics.part*.csv, see `build_trainer`) come first.
+    Returns the PNG path, or None when there is nothing to plot (no CSV or no logged values).
+    """
+    csv_path = Path(out_dir) / csv_name
+    if not csv_path.is_file():
+        return None
+    parts = sorted(Path(out_dir).glob("metrics.part*.csv"), key=lambda p: int(p.stem[len("metrics.part") :]))
+    rows: list[dict] = []
+    for path in [*parts, csv_path]:
+        with open(path, newline="") as fh:
+            rows.extend(csv.DictReader(fh))
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for row in rows:
+        step = row.get("step")
+        if not step:
+            continue
+        for key, value in row.items():
+            if key in ("step", "epoch") or value in ("", None):
+                continue
+            try:
+                y = float(value)
+            except ValueError:
+                continue
+            if math.isfinite(y):
+                xs, ys = series.setdefault(key, ([], []))
+                xs.append(float(step))
+                ys.append(y)
+    if not series:
+        return None
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    names = sorted(series)
+    fig, axes = plt.subplots(len(names), 1, figsize=(6, 2.2 * len(names)), squeeze=False, sharex=True)
+    for ax, name in zip(axes[:, 0], names):
+        xs, ys = series[name]
+        ax.plot(xs, ys, marker="." if len(xs) < 30 else None)
+        ax.set_ylabel(name, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    png = Path(out_dir) / png_name
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return png
+
+
+# ----------------------------------------------------------------------------- CLI wrapper
+
+
+def emit_result(result: dict, stream=None) -> None:
+    """Print the result as one JSON line (the last line on stdout, by the CLI contract)."""
+    stream = sys.stdout if stream is None else stream
+    stream.write(json.dumps(result, default=str, allow_nan=True) + "\n")
+    stream.flush()
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        text = str(err.args[0])  # KeyError's str() adds quotes around the message
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+def run_command(
+    prog: str,
+    command: Callable[[], dict],
+    out_dir: str | os.PathLike | None = None,
+    user_errors: tuple[type[BaseException], ...] = USER_ERRORS,
+) -> int:
+    """Run one CLI command and return its exit code.
+
+    - While `command()` runs, stdout is redirected to stderr (Lightning's progress bar and any
+      print go there), so the JSON result printed afterwards is the last line on stdout.
+    - `user_errors` (bad input): one line `"{prog}: error: {message}"` on stderr, exit code 2,
+      and `out_dir` is removed if this run created it, so nothing half-written is left.
+    - Any other exception propagates with its traceback: that is a bug, not bad input.
+    """
+    out_path = Path(out_dir) if out_dir is not None else None
+    created = out_path is not None and not out_path.exists()
+    real_stdout = sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            result = command()
+    except user_errors as err:
+        if created and out_path.exists():
+            shutil.rmtree(out_path, ignore_errors=True)
+        sys.stderr.write(f"{prog}: error: {_one_line(err)}\n")
+        sys.stderr.flush()
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+    emit_result(result, real_stdout)
+    return 0

@@ -1,0 +1,163 @@
+"""LightningModule for next-token pretraining of a `core.models.MambaLM` on windows of tokens.
+
+Optimiser defaults follow the Mamba paper's DNA pretraining (app. E.3): AdamW with betas
+(0.9, 0.95) and weight decay 0.1 (none on norms, biases, A_log and D), linear warmup over 10% of
+the steps then cosine decay, gradient clipping 1.0 (set on the Trainer).
+
+Sequence-length warmup (paper, sec. 4.3.2): training starts at `seq_warmup_min` tokens and the
+length doubles every `seq_warmup_steps` steps until it reaches the window length. Each batch of
+windows (B, L) is cut into (B * L / l, l) pieces, so the batch halves in tokens-per-sequence
+terms as the length doubles and the tokens per step stay constant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mamba_bio.tokenizer import NUCLEOTIDE_IDS
+
+
+def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, scored_ids: tuple[int, ...] | None) -> tuple:
+    """Next-token cross-entropy. logits (B, L, V) predict input_ids (B, L) shifted by one.
+
+    Only targets in `scored_ids` count (for DNA: A, C, G, T, so N and [PAD] never enter the loss);
+    None scores every target. Returns (sum of losses, number of scored targets): the caller
+    divides, so a batch with no scored target gives 0 / 0 -> skipped, never NaN.
+    """
+    targets = input_ids[:, 1:]  # (B L-1)
+    logits = logits[:, :-1].float()  # (B L-1 V)
+    if scored_ids is None:
+        mask = torch.ones_like(targets, dtype=torch.bool)
+    else:
+        mask = torch.isin(targets, torch.tensor(scored_ids, device=targets.device))
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    losses = losses.view_as(targets) * mask
+    return losses.sum(), mask.sum()
+
+
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: not on norms, biases, embeddings' ties or `_no_weight_decay` params."""
+    decay, no_decay, seen = [], [], set()
+    for name, param in model.named_parameters():
+        if id(param) in seen or not param.requires_grad:
+            continue
+        seen.add(id(param))
+        if param.dim() < 2 or getattr(param, "_no_weight_decay", False) or name.endswith("bias"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
+    """LR multiplier: linear warmup to 1, then cosine decay to `min_ratio` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / max(1, warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def seq_len_at(step: int, full_length: int, min_length: int, steps_per_stage: int) -> int:
+    """Sequence-length warmup: min_length * 2^(step // steps_per_stage), capped at full_length."""
+    if steps_per_stage <= 0 or min_length >= full_length:
+        return full_length
+    length = min_length * 2 ** (step // steps_per_stage)
+    return min(length, full_length)
+
+
+class LMModule(pl.LightningModule):
+    """Wraps a MambaLM; batches are token windows (B, L) int64.
+
+    Args:
+        model: the core LM (passed in, so this module holds only the training logic).
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay on matrices.
+        betas: AdamW betas.
+        warmup_fraction: fraction of max_steps spent in linear LR warmup.
+        max_steps: total optimiser steps (for the schedule).
+        seq_warmup_min: first sequence length of the length warmup (0 disables it).
+        seq_warmup_steps: steps per length stage.
+        score_nucleotides_only: count only A/C/G/T targets in the loss and perplexity.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 8e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_fraction: float = 0.1,
+        max_steps: int = 1000,
+        seq_warmup_min: int = 0,
+        seq_warmup_steps: int = 0,
+        score_nucleotides_only: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.scored_ids = NUCLEOTIDE_IDS if score_nucleotides_only else None
+        self._val_sum = self._val_count = None
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)
+
+    def _crop_for_warmup(self, batch: torch.Tensor) -> torch.Tensor:
+        B, L = batch.shape
+        length = seq_len_at(self.global_step, L, self.hparams.seq_warmup_min, self.hparams.seq_warmup_steps)
+        if length < L:
+            usable = (L // length) * length
+            batch = batch[:, :usable].reshape(-1, length)  # (B * L/l, l)
+        return batch
+
+    def _shared_step(self, batch: torch.Tensor, stage: str):
+        if stage == "train":
+            batch = self._crop_for_warmup(batch)
+            self.log("train/seq_len", float(batch.shape[1]), on_step=True, on_epoch=False)
+        total, count = lm_loss(self(batch), batch, self.scored_ids)
+        loss = total / count.clamp(min=1)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            prog_bar=True,
+            on_step=stage == "train",
+            on_epoch=stage != "train",
+            batch_size=batch.shape[0],
+        )
+        if stage != "train":
+            self._val_sum += total.detach().double()
+            self._val_count += count.detach()
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._shared_step(batch, "train")
+
+    def on_train_epoch_start(self):
+        # seeded augmentation draws depend on (seed, epoch, index): give the dataset the epoch
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "epoch"):
+            dataset.epoch = self.current_epoch
+
+    def on_validation_epoch_start(self):
+        self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_count = torch.zeros((), dtype=torch.long, device=self.device)
+
+    def validation_step(self, batch, batch_idx):
+        return self._shared_step(batch, "val")
+
+    def on_validation_epoch_end(self):
+        # perplexity over all scored tokens of the epoch (not a mean of per-batch perplexities)
+        mean = (self._val_sum / self._val_count.clamp(min=1)).float()
+        self.log("val/ppl", torch.exp(mean), prog_bar=True)
+        self.log("val/bits_per_base", mean / math.log(2))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(optimizer_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+        warmup = int(hp.warmup_fraction * hp.max_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, hp.max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
