@@ -1,0 +1,160 @@
+"""Audio data sets of mu-law token windows: folder -> files split by file -> clips -> windows -> tokens.
+
+Two ways to cut clips into fixed-length examples of `length_samples`:
+- "clips" (SC09-like): one example per file, zero-padded at the end or cropped to the length;
+- "windows" (YouTubeMix-like): consecutive non-overlapping windows of each long file; the tail
+  shorter than a window is dropped, a file shorter than one window gives one padded window.
+
+Each example is mu-law encoded on its own (SaShiMi's per-clip scaling, padding included) and
+returned as (inputs, targets), both (L,) int64: targets are the L classes, inputs are the same
+sequence shifted right by one behind the silence class, so position t predicts sample t from
+samples < t and the first sample is predicted from silence.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from . import mulaw
+from .errors import AudioDatasetError, AudioReadError
+from .io import ReadSummary, list_audio_files, read
+
+MODES = ("clips", "windows")
+SPLITS = ("train", "valid", "test")
+
+
+def split_files(
+    files: Sequence[Path], fractions: Sequence[float] = (0.88, 0.06, 0.06), seed: int = 0
+) -> dict[str, list[Path]]:
+    """Split files (not windows: no clip leaks across splits) into train/valid/test by `fractions`.
+
+    Files are shuffled with `seed`. With 3 files or more, valid and test get at least one file each.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
+        raise AudioDatasetError(
+            f"split fractions must be three non-negative numbers summing to 1; got {list(fractions)}"
+        )
+    files = sorted(Path(f) for f in files)
+    n = len(files)
+    if n < 3:
+        raise AudioDatasetError(f"need at least 3 audio files to split into train/valid/test; got {n}")
+    random.Random(seed).shuffle(files)
+    n_valid = max(1, round(n * fractions[1])) if fractions[1] > 0 else 0
+    n_test = max(1, round(n * fractions[2])) if fractions[2] > 0 else 0
+    if n - n_valid - n_test < 1:
+        raise AudioDatasetError(f"{n} files leave no training file after the valid/test split {list(fractions)}")
+    return {
+        "valid": files[:n_valid],
+        "test": files[n_valid : n_valid + n_test],
+        "train": files[n_valid + n_test :],
+    }
+
+
+def fit_length(clip: np.ndarray, length_samples: int) -> np.ndarray:
+    """Zero-pad at the end or crop a clip (L,) to `length_samples`."""
+    if clip.shape[0] >= length_samples:
+        return clip[:length_samples]
+    return np.pad(clip, (0, length_samples - clip.shape[0]))
+
+
+def cut_windows(clip: np.ndarray, length_samples: int) -> list[np.ndarray]:
+    """Non-overlapping windows of `length_samples`; the short tail is dropped, a short clip padded."""
+    n = clip.shape[0] // length_samples
+    if n == 0:
+        return [fit_length(clip, length_samples)]
+    return [clip[i * length_samples : (i + 1) * length_samples] for i in range(n)]
+
+
+def to_example(window: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveform (L,) -> (inputs (L,), targets (L,)) int64 mu-law classes, inputs shifted behind silence."""
+    targets = mulaw.encode(torch.from_numpy(np.ascontiguousarray(window)))
+    inputs = torch.cat([torch.tensor([mulaw.SILENCE_CLASS]), targets[:-1]])
+    return inputs, targets
+
+
+class AudioWindows(Dataset):
+    """Fixed-length mu-law examples cut from audio files (see the module docstring for `mode`).
+
+    files: the audio files, read at `sample_rate_hz` (mono, resampled). Unreadable files raise
+    AudioReadError naming the file unless `summary` is given, in which case they are skipped
+    with a warning and recorded there.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str | os.PathLike],
+        sample_rate_hz: int,
+        length_samples: int,
+        mode: str = "clips",
+        summary: ReadSummary | None = None,
+    ):
+        if mode not in MODES:
+            raise AudioDatasetError(f"unknown mode {mode!r}; choose one of {list(MODES)}")
+        if length_samples < 1:
+            raise AudioDatasetError(f"length_samples must be >= 1; got {length_samples}")
+        self.sample_rate_hz, self.length_samples, self.mode = sample_rate_hz, length_samples, mode
+        self.windows: list[np.ndarray] = []
+        self.files: list[Path] = []
+        for path in files:
+            clip = self._read(Path(path), summary)
+            if clip is None:
+                continue
+            self.files.append(Path(path))
+            if mode == "clips":
+                self.windows.append(fit_length(clip, length_samples))
+            else:
+                self.windows.extend(cut_windows(clip, length_samples))
+
+    def _read(self, path: Path, summary: ReadSummary | None) -> np.ndarray | None:
+        if summary is None:
+            return read(path, self.sample_rate_hz)
+        try:
+            clip = read(path, self.sample_rate_hz)
+        except AudioReadError as err:
+            warnings.warn(f"skipping {err}", stacklevel=3)
+            summary.skipped.append((str(path), str(err)))
+            return None
+        summary.n_read += 1
+        return clip
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_example(self.windows[index])
+
+
+def folder_splits(
+    data_dir: str | os.PathLike,
+    sample_rate_hz: int,
+    length_samples: int,
+    mode: str = "clips",
+    fractions: Sequence[float] = (0.88, 0.06, 0.06),
+    seed: int = 0,
+    summary: ReadSummary | None = None,
+) -> dict[str, AudioWindows]:
+    """The three splits of an audio folder (read recursively), split by file with `seed`."""
+    parts = split_files(list_audio_files(data_dir), fractions, seed)
+    splits = {name: AudioWindows(parts[name], sample_rate_hz, length_samples, mode, summary) for name in SPLITS}
+    for name in ("train", "valid"):
+        if len(splits[name]) == 0:
+            raise AudioDatasetError(f"no readable audio left in the {name} split of {data_dir}")
+    return splits
+
+
+def unigram_entropy_bits(targets: torch.Tensor, n_classes: int = mulaw.N_CLASSES) -> float:
+    """Entropy in bits of the empirical class distribution of `targets` (any shape).
+
+    The best a context-free model could do on exactly these samples: the baseline BPB must beat.
+    """
+    counts = torch.bincount(targets.reshape(-1), minlength=n_classes).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * torch.log2(p)).sum())

@@ -1,0 +1,175 @@
+"""Lightning wrappers for autoregressive waveform models: `AudioLM` (steps, logging, optimiser)
+and `AudioDataModule` (an audio folder split by file into mu-law windows).
+
+    model = Sashimi(SashimiConfig(d_model=32, n_layer=2))
+    module = AudioLM(model, learning_rate=2e-3, max_steps=200)
+    data = AudioDataModule("clips/", sample_rate_hz=8000, length_samples=4096)
+    build_trainer(out_dir, "cpu", max_steps=200).fit(module, data)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from core.models.sashimi import Sashimi
+from mamba_audio.datasets import AudioWindows, folder_splits
+from mamba_audio.io import ReadSummary
+
+LN2 = math.log(2.0)
+
+
+class AudioLM(pl.LightningModule):
+    """Next-sample prediction on mu-law classes; logs `{stage}/loss` (nats) and `{stage}/bpb` (bits per sample)."""
+
+    def __init__(
+        self,
+        model: Sashimi,
+        learning_rate: float = 2e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 20,
+        max_steps: int = 1000,
+    ):
+        super().__init__()
+        self.model = model
+        self.save_hyperparameters(ignore=["model"])
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs)
+
+    def _shared_step(self, batch, stage: str) -> torch.Tensor:
+        inputs, targets = batch  # (B L), (B L)
+        logits = self.model(inputs)  # (B L V)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=inputs.shape[0])
+        self.log(f"{stage}/bpb", loss / LN2, prog_bar=stage != "train", batch_size=inputs.shape[0])
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._shared_step(batch, "valid")
+
+    def test_step(self, batch, batch_idx):
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self):
+        # no weight decay on the SSM parameters marked by the mixers (A, D, dt), norms and biases
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if getattr(p, "_no_weight_decay", False) or p.dim() < 2 or name.endswith(".bias"):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.learning_rate,
+            betas=(0.9, 0.95),
+        )
+        warmup, total = self.hparams.warmup_steps, max(1, self.hparams.max_steps)
+
+        def schedule(step: int) -> float:  # linear warm-up, then cosine down to 10% of the peak
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.1 + 0.45 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class AudioDataModule(pl.LightningDataModule):
+    """An audio folder (read recursively) split by file into train/valid/test mu-law windows.
+
+    Args:
+        data_dir: folder of .wav/.flac/.ogg files.
+        sample_rate_hz: rate the model runs at; files are resampled to it.
+        length_samples: samples per example (a multiple of the model's total pooling factor).
+        mode: "clips" (one padded/cropped example per file) or "windows" (long files cut into windows).
+        batch_size: examples per batch.
+        split_fractions: train/valid/test fractions of the files.
+        seed: seed of the file split and of the training shuffle.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        sample_rate_hz: int,
+        length_samples: int,
+        mode: str = "clips",
+        batch_size: int = 8,
+        split_fractions: tuple[float, float, float] = (0.88, 0.06, 0.06),
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.data_dir, self.sample_rate_hz, self.length_samples = data_dir, sample_rate_hz, length_samples
+        self.mode, self.batch_size, self.split_fractions = mode, batch_size, tuple(split_fractions)
+        self.seed, self.num_workers = seed, num_workers
+        self.splits: dict[str, AudioWindows] | None = None
+        self.summary = ReadSummary()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is None:  # reading is the slow part; the CLI calls setup early to fail fast
+            self.splits = folder_splits(
+                self.data_dir,
+                self.sample_rate_hz,
+                self.length_samples,
+                self.mode,
+                self.split_fractions,
+                self.seed,
+                self.summary,
+            )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator if shuffle else None,
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class Throughput(pl.Callback):
+    """Training samples (tokens) per second, timed after `warmup_steps` steps (kernel builds, autotuning)."""
+
+    def __init__(self, warmup_steps: int = 5):
+        self.warmup_steps = warmup_steps
+        self.tokens, self.start, self.elapsed_s = 0, None, 0.0
+
+    def _sync(self, trainer):
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize(trainer.strategy.root_device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step >= self.warmup_steps:
+            self._sync(trainer)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.start is not None:
+            self._sync(trainer)
+            self.elapsed_s += time.perf_counter() - self.start
+            self.tokens += batch[1].numel()
+            self.start = None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.elapsed_s if self.elapsed_s > 0 else None
