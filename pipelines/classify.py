@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.common import pass_epoch_to_dataset
+
 from .lm import optimizer_groups, warmup_cosine
 
 
@@ -54,10 +56,7 @@ class ClassifierModule(pl.LightningModule):
         return self._shared_step(batch, "train")
 
     def on_train_epoch_start(self):
-        # seeded augmentation draws depend on (seed, epoch, index): give the dataset the epoch
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "epoch"):
-            dataset.epoch = self.current_epoch
+        pass_epoch_to_dataset(self)
 
     def validation_step(self, batch, batch_idx):
         return self._shared_step(batch, "val")

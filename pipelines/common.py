@@ -37,6 +37,7 @@ import yaml
 
 __all__ = [
     "USER_ERRORS",
+    "pass_epoch_to_dataset",
     "ArgumentParser",
     "atomic_path",
     "build_trainer",
@@ -124,6 +125,13 @@ def _write_text(path: Path, text: str) -> None:
 
 
 # ----------------------------------------------------------------------------- trainer
+
+
+def pass_epoch_to_dataset(module) -> None:
+    """Seeded augmentation draws depend on (seed, epoch, index): hand the training dataset the epoch."""
+    dataset = getattr(module.trainer.train_dataloader, "dataset", None)
+    if hasattr(dataset, "epoch"):
+        dataset.epoch = module.current_epoch
 
 
 def resume_checkpoint(out_dir: str | os.PathLike, resume: bool) -> str | None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mamba_bio.tokenizer import NUCLEOTIDE_IDS
+from pipelines.common import pass_epoch_to_dataset
 
 
 def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, scored_ids: tuple[int, ...] | None) -> tuple:
@@ -137,10 +138,7 @@ class LMModule(pl.LightningModule):
         return self._shared_step(batch, "train")
 
     def on_train_epoch_start(self):
-        # seeded augmentation draws depend on (seed, epoch, index): give the dataset the epoch
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "epoch"):
-            dataset.epoch = self.current_epoch
+        pass_epoch_to_dataset(self)
 
     def on_validation_epoch_start(self):
         self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)

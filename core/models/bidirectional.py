@@ -21,9 +21,8 @@ import inspect
 import torch
 from torch import nn
 
-from core.models.lm import MambaConfig
+from core.models.lm import MambaConfig, add_norm, make_norm
 from core.modules.mamba import Mamba
-from core.modules.norm import RMSNorm
 
 
 def flip_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -60,17 +59,11 @@ class BiBlock(nn.Module):
     def __init__(self, config: MambaConfig):
         super().__init__()
         self.residual_in_fp32 = config.residual_in_fp32
-        self.norm = (
-            RMSNorm(config.d_model, eps=config.norm_epsilon)
-            if config.rms_norm
-            else nn.LayerNorm(config.d_model, eps=config.norm_epsilon)
-        )
+        self.norm = make_norm(config)
         self.mixer = BiMamba(config.d_model, config.d_state, config.d_conv, config.expand, config.backend)
 
     def forward(self, hidden, residual, lengths):
-        residual = hidden if residual is None else hidden + residual
-        hidden = self.norm(residual.to(self.norm.weight.dtype))
-        residual = residual.float() if self.residual_in_fp32 else residual
+        hidden, residual = add_norm(self.norm, hidden, residual, self.residual_in_fp32)
         return self.mixer(hidden, lengths), residual
 
 
@@ -81,11 +74,7 @@ class BiMambaBackbone(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
         self.layers = nn.ModuleList(BiBlock(config) for _ in range(config.n_layer))
-        self.norm_f = (
-            RMSNorm(config.d_model, eps=config.norm_epsilon)
-            if config.rms_norm
-            else nn.LayerNorm(config.d_model, eps=config.norm_epsilon)
-        )
+        self.norm_f = make_norm(config)
         nn.init.normal_(self.embedding.weight, std=0.02)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:

@@ -51,6 +51,20 @@ class MambaConfig:
         return math.ceil(self.vocab_size / m) * m
 
 
+def make_norm(config: MambaConfig) -> nn.Module:
+    """The pre-mixer / final norm: RMSNorm, or LayerNorm (weight and bias) when rms_norm is False."""
+    if config.rms_norm:
+        return RMSNorm(config.d_model, eps=config.norm_epsilon)
+    return nn.LayerNorm(config.d_model, eps=config.norm_epsilon)
+
+
+def add_norm(norm: nn.Module, hidden, residual, residual_in_fp32: bool):
+    """residual += hidden, then hidden = norm(residual); the residual stream optionally kept in fp32."""
+    residual = hidden if residual is None else hidden + residual
+    hidden = norm(residual.to(norm.weight.dtype))
+    return hidden, residual.float() if residual_in_fp32 else residual
+
+
 class Block(nn.Module):
     """Add -> Norm -> Mixer: the residual add sits before the norm so add and norm fuse (mamba_ssm's order)."""
 
@@ -58,11 +72,7 @@ class Block(nn.Module):
         super().__init__()
         self.residual_in_fp32 = config.residual_in_fp32
         self.checkpoint_mixer = config.checkpoint_mixer
-        self.norm = (
-            RMSNorm(config.d_model, eps=config.norm_epsilon)
-            if config.rms_norm
-            else nn.LayerNorm(config.d_model, eps=config.norm_epsilon)
-        )
+        self.norm = make_norm(config)
         size = {"d_state": config.d_state, "d_conv": config.d_conv, "expand": config.expand}
         if config.mixer == "mamba":
             self.mixer = Mamba(config.d_model, **size, backend=config.backend)
@@ -72,9 +82,7 @@ class Block(nn.Module):
             raise ValueError(f"MambaConfig.mixer must be 'mamba', 'lti' or 'lti_complex'; got {config.mixer!r}")
 
     def _add_norm(self, hidden, residual):
-        residual = hidden if residual is None else hidden + residual
-        hidden = self.norm(residual.to(self.norm.weight.dtype))
-        return hidden, residual.float() if self.residual_in_fp32 else residual
+        return add_norm(self.norm, hidden, residual, self.residual_in_fp32)
 
     def forward(self, hidden, residual=None, cache=None, seq_idx=None):
         """hidden, residual: (B, L, D) -> (mixer output, residual)."""
@@ -94,11 +102,7 @@ class MambaBackbone(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.norm_f = (
-            RMSNorm(config.d_model, eps=config.norm_epsilon)
-            if config.rms_norm
-            else nn.LayerNorm(config.d_model, eps=config.norm_epsilon)
-        )
+        self.norm_f = make_norm(config)
 
     def _final(self, hidden, residual):
         residual = hidden + residual
