@@ -199,19 +199,48 @@ class MambaLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device=None) -> MambaLM:
-        """Load what `save_pretrained` wrote (or a mamba_ssm config.json + pytorch_model.bin, weights only)."""
+        """Load what `save_pretrained` wrote, or a mamba_ssm checkpoint folder (its config.json with
+        `ssm_cfg`, and pytorch_model.bin read with weights_only=True: no pickled code runs)."""
         directory = Path(directory)
-        fields = json.loads((directory / "config.json").read_text())
-        known = MambaConfig.__dataclass_fields__
-        model = cls(MambaConfig(**{k: v for k, v in fields.items() if k in known}))
+        model = cls(config_from_dict(json.loads((directory / "config.json").read_text())))
         if (directory / "model.safetensors").exists():
             from safetensors.torch import load_model
 
             load_model(model, str(directory / "model.safetensors"), device=str(device or "cpu"))
-        else:
+        elif (directory / "pytorch_model.bin").exists():
             state = torch.load(directory / "pytorch_model.bin", map_location=device or "cpu", weights_only=True)
             model.load_state_dict(state)
+        else:
+            raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin next to config.json")
         return model.to(device) if device is not None else model
+
+
+def config_from_dict(fields: dict) -> MambaConfig:
+    """MambaConfig from our config.json or mamba_ssm's (whose block sizes sit in `ssm_cfg`).
+
+    mamba_ssm options this model does not implement (Mamba-2 layers, attention layers) are refused
+    rather than silently dropped, since the weights would not mean the same thing.
+    """
+    fields = dict(fields)
+    ssm_cfg = fields.pop("ssm_cfg", None) or {}
+    layer = ssm_cfg.pop("layer", "Mamba1")
+    if layer != "Mamba1" or fields.get("attn_layer_idx"):
+        raise ValueError(f"config: only Mamba-1 layers are supported; got layer={layer!r}, "
+                         f"attn_layer_idx={fields.get('attn_layer_idx')!r}")  # fmt: skip
+    for key in ("d_state", "d_conv", "expand"):
+        if key in ssm_cfg:
+            fields[key] = ssm_cfg.pop(key)
+    unknown_ssm = sorted(set(ssm_cfg) - {"dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale", "dt_init_floor",
+                                         "conv_bias", "bias", "use_fast_path"})  # fmt: skip
+    if (
+        unknown_ssm
+        or ssm_cfg.get("dt_rank", "auto") != "auto"
+        or ssm_cfg.get("bias")
+        or not ssm_cfg.get("conv_bias", True)
+    ):
+        raise ValueError(f"config: ssm_cfg {ssm_cfg} has options this Mamba block does not implement")
+    known = MambaConfig.__dataclass_fields__
+    return MambaConfig(**{k: v for k, v in fields.items() if k in known})
 
 
 def _init_weights(module: nn.Module, n_layer: int) -> None:

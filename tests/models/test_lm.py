@@ -207,3 +207,31 @@ def test_checkpointed_mixers_give_the_same_gradients():
         F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).backward()
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_from_pretrained_reads_a_mamba_ssm_folder(tmp_path):
+    """mamba_ssm's config.json (block sizes in ssm_cfg) and a weights-only pytorch_model.bin."""
+    import json
+
+    model = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=11, d_state=8)).eval()
+    mamba_ssm_config = {"d_model": 16, "n_layer": 2, "vocab_size": 11, "ssm_cfg": {"d_state": 8, "layer": "Mamba1"},
+                        "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
+                        "pad_vocab_size_multiple": 8, "tie_embeddings": True}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(mamba_ssm_config))
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    loaded = MambaLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.d_state == 8
+    ids = torch.randint(0, 11, (1, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model(ids))
+
+
+@pytest.mark.parametrize("ssm_cfg", [{"layer": "Mamba2"}, {"dt_rank": 4}, {"bias": True}, {"headdim": 64}])
+def test_from_pretrained_refuses_what_it_cannot_represent(tmp_path, ssm_cfg):
+    import json
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({"d_model": 16, "n_layer": 1, "vocab_size": 5, "ssm_cfg": ssm_cfg})
+    )
+    with pytest.raises(ValueError, match="config"):
+        MambaLM.from_pretrained(tmp_path)
