@@ -121,7 +121,7 @@ class MambaLTI(Mamba):
             )
         xz = self.in_proj(hidden).transpose(1, 2)  # (B 2E L)
         x, z = xz.chunk(2, dim=1)  # (B E L) each
-        x = F.silu(self._conv(x, cache, None))
+        x = self._conv_act(x, cache, None)
         # the kernel's powers and the FFT need float32: bf16 autocast would round Abar^l to 3 digits
         with torch.autocast(device_type=x.device.type, enabled=False):
             y = self._ssm_conv(x, cache) + self.D.float()[:, None] * x.float()

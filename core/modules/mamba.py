@@ -17,8 +17,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from core.ops import selective_scan, selective_state_update
+
+
+def _channel_major(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight (out, in) @ x (B, in, L) -> (B, out, L) as a batched product: torch.matmul would fold
+    the batch into a transposed copy of x, and keep that copy for backward."""
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
 
 
 @dataclass
@@ -107,6 +114,11 @@ class Mamba(nn.Module):
         count as part of the row's first sequence, like `initial_state` in the scan).
         """
         k = self.d_conv
+        if cache is None and seq_idx is None:
+            # padding inside the conv: no padded copy of x is made (the conv keeps x itself, a view of xz)
+            return F.conv1d(x, self.conv1d.weight, self.conv1d.bias, padding=k - 1, groups=self.d_inner)[
+                ..., : x.shape[2]
+            ]
         if cache is None:
             history = x.new_zeros(x.shape[0], self.d_inner, k - 1)
         else:
@@ -126,6 +138,14 @@ class Mamba(nn.Module):
             same = (seq_full[:, j : j + length] == seq_idx).unsqueeze(1)  # (B 1 L)
             out = out + weight[:, j, None] * x_full[:, :, j : j + length] * same
         return out if self.conv1d.bias is None else out + self.conv1d.bias[:, None]
+
+    def _conv_act(self, x: torch.Tensor, cache: MambaCache | None, seq_idx: torch.Tensor | None) -> torch.Tensor:
+        """silu(causal conv(x)), x (B, E, L). When training without a cache, the conv's output is
+        recomputed in backward instead of being kept for silu's backward: one (B, E, L) activation
+        less per layer for a depthwise conv, which costs little to redo."""
+        if cache is None and torch.is_grad_enabled() and x.requires_grad:
+            return checkpoint(lambda t: F.silu(self._conv(t, None, seq_idx)), x, use_reentrant=False)
+        return F.silu(self._conv(x, cache, seq_idx))
 
     def _conv_step(self, x: torch.Tensor, cache: MambaCache) -> torch.Tensor:
         """One position of the causal conv, then silu: x (B, E) -> (B, E); shifts cache.conv_state in place."""
@@ -148,17 +168,22 @@ class Mamba(nn.Module):
 
         seq_idx (B, L) int: packed sequences; neither the conv nor the scan crosses a change of index.
         """
-        xz = self.in_proj(hidden).transpose(1, 2)  # (B 2E L)
-        x, z = xz.chunk(2, dim=1)  # (B E L) each
-        x = F.silu(self._conv(x, cache, seq_idx))
-        dt, B, C = self._ssm_params(x.transpose(1, 2))  # (B L E), (B L N), (B L N)
+        # Projections as (out, in) @ (B, in, L) products: every activation comes out channel-major
+        # and contiguous, the layout the conv and the scan read, so no transposed copy is made
+        # (and kept for backward) between them. Same maths as the nn.Linear calls of `step`.
+        hidden_t = hidden.transpose(1, 2)  # (B D L), a view
+        x = self._project(self.in_proj, hidden_t, 0, self.d_inner)  # (B E L)
+        z = self._project(self.in_proj, hidden_t, self.d_inner, 2 * self.d_inner)  # (B E L)
+        x = self._conv_act(x, cache, seq_idx)
+        dt, B, C = _channel_major(self.x_proj.weight, x).split([self.dt_rank, self.d_state, self.d_state], dim=1)
+        delta = _channel_major(self.dt_proj.weight, dt)  # (B E L); the bias goes to the scan (delta_bias)
         A = -torch.exp(self.A_log.float())  # (E N)
         y = selective_scan(
             x,
-            dt.transpose(1, 2),
+            delta,
             A,
-            B.transpose(1, 2),
-            C.transpose(1, 2),
+            B,  # (B N L)
+            C,
             self.D.float(),
             z,
             delta_bias=self.dt_proj.bias.float(),
@@ -170,7 +195,13 @@ class Mamba(nn.Module):
         )
         if cache is not None:
             y, cache.ssm_state = y
-        return self.out_proj(y.transpose(1, 2))  # (B L D)
+        return self._project(self.out_proj, y, 0, self.d_model).transpose(1, 2)  # (B L D)
+
+    @staticmethod
+    def _project(linear: nn.Linear, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Rows start:stop of linear applied channel-major: x (B, in, L) -> (B, stop - start, L)."""
+        out = _channel_major(linear.weight[start:stop], x)
+        return out if linear.bias is None else out + linear.bias[start:stop, None]
 
     def step(self, hidden: torch.Tensor, cache: MambaCache) -> torch.Tensor:
         """hidden: (B, D) one position -> (B, D); updates `cache` in place."""
