@@ -96,12 +96,7 @@ def selective_scan(
         from .cpu import selective_scan_cpu
 
         return selective_scan_cpu(*args, seq_idx=seq_idx)
-    if seq_idx is not None:
-        raise NotImplementedError(
-            "selective_scan: seq_idx (packed sequences) is not implemented in the Triton backend yet; "
-            "use backend='cpu' or 'ref' on CPU tensors"
-        )
-    return _load_scan_triton()(*args)
+    return _load_scan_triton()(*args, seq_idx=seq_idx)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):

@@ -24,6 +24,12 @@ and writes them to its own slice of a partial buffer, as it writes dA, dD and d(
 chunk; torch then sums the slices in a fixed order. No atomics anywhere.
 All maths is float32 (float64 when an input is float64, for gradcheck), whatever the input dtype.
 
+Packed sequences (`seq_idx`, issue 7): a (batch, length) keep factor, 0 at each sequence's first
+step, multiplies that step's decay exp(delta A) wherever it is used, so no kernel needs to know
+where sequences begin: the chunk scans drop h_{t-1}, a chunk or segment holding a reset passes on
+no state (its cumulative decay is 0), and the backward's adjoint stops at the reset by the same
+product rule. Without seq_idx the factor is compiled out (HAS_SEQ).
+
 Speed (benchmarks/results/README.md): 0.5-0.8x mamba_ssm's CUDA kernel on an H200 at the
 anchor shapes, not yet the 1x the issue asks for; the kernels are bound by instruction issue
 (shuffles of the scans and state sums, ~100 instructions per state-step), not by memory.
@@ -108,6 +114,7 @@ def _segment_state_fwd_kernel(
     A_ptr,
     B_ptr,
     bias_ptr,
+    keep_ptr,  # (batch, length): 0 where a packed sequence starts, else 1
     P_ptr,
     S_ptr,  # P, S: (batch, dim, n_seg, N)
     dim,
@@ -124,9 +131,13 @@ def _segment_state_fwd_kernel(
     B_CONST: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
     IS_F64: tl.constexpr,
 ):
-    """Per segment and channel, the state its steps leave from a zero start (S) and its decay (P)."""
+    """Per segment and channel, the state its steps leave from a zero start (S) and its decay (P).
+
+    With packed sequences a reset zeroes the decay of its step, so only inputs after a segment's
+    last reset reach S, and P is 0 for a segment that holds a reset (its start state is forgotten)."""
     ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
     pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_t = tl.arange(0, T)
@@ -136,6 +147,7 @@ def _segment_state_fwd_kernel(
     B_base = B_ptr + (pid_b * b_groups + d0 // b_group_dim).to(tl.int64) * d_state * length
     c_first = pid_s * chunks_per_seg
     c_end = tl.minimum(c_first + chunks_per_seg, n_chunks)
+    keep_row = keep_ptr + pid_b.to(tl.int64) * length  # shared by every channel of the row
     for i in range(DK):
         d = d0 + i
         row = (pid_b * dim + d).to(tl.int64)
@@ -145,10 +157,13 @@ def _segment_state_fwd_kernel(
             Bd = tl.load(B_ptr + d * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)[:, None]
         S = tl.zeros([NP], dtype=ACC)
         total = tl.zeros([NP], dtype=ACC)  # sum of delta over the segment (same in every lane)
+        alive = tl.full([NP], 1.0, ACC)  # 0 once a reset is seen: the segment's start state is gone
         t_next = c_first * T + offs_t
         m_next = t_next < length
         u_next = tl.load(u_ptr + row * length + t_next, mask=m_next, other=0.0)
         raw_next = tl.load(delta_ptr + row * length + t_next, mask=m_next, other=0.0)
+        if HAS_SEQ:  # padded steps keep (1): they must stay identities
+            keep_next = tl.load(keep_row + t_next, mask=m_next, other=1.0)
         if not B_CONST:
             B_next = tl.load(
                 B_base + offs_n[:, None] * length + t_next[None, :], mask=n_mask[:, None] & m_next[None, :], other=0.0
@@ -158,12 +173,16 @@ def _segment_state_fwd_kernel(
             t_mask = t < length
             u = u_next.to(ACC)
             dt, _ = _delta(raw_next.to(ACC), bias, t_mask, HAS_BIAS, SOFTPLUS)
+            if HAS_SEQ:
+                keep = keep_next.to(ACC)
             if not B_CONST:
                 Bd = B_next.to(ACC)
             t_next = t + T
             m_next = (t_next < length) & (t_next < c_end * T)
             u_next = tl.load(u_ptr + row * length + t_next, mask=m_next, other=0.0)
             raw_next = tl.load(delta_ptr + row * length + t_next, mask=m_next, other=0.0)
+            if HAS_SEQ:
+                keep_next = tl.load(keep_row + t_next, mask=m_next, other=1.0)
             if not B_CONST:
                 B_next = tl.load(
                     B_base + offs_n[:, None] * length + t_next[None, :],
@@ -172,13 +191,24 @@ def _segment_state_fwd_kernel(
                 )
             # h_end = sum_t exp(A * (delta after t)) * delta_t B_t u_t: a sum, not a scan
             after = tl.cumsum(dt, 0, reverse=True) - dt  # (T,)
-            S_c = tl.sum(tl.exp(A[:, None] * after[None, :]) * Bd * (dt * u)[None, :], axis=1)  # (NP,)
+            xu = dt * u  # (T,)
             chunk_total = tl.sum(dt, 0)
-            S = tl.exp(A * chunk_total) * S + S_c
+            chunk_decay = tl.exp(A * chunk_total)  # (NP,)
+            if HAS_SEQ:
+                # step t's input reaches the chunk's end only if no sequence starts after t; the
+                # reset counts are small integers, exact in floating point
+                resets = 1.0 - keep
+                later = tl.cumsum(resets, 0, reverse=True) - resets
+                xu = tl.where(later == 0.0, xu, 0.0)
+                chunk_keep = tl.min(keep, 0)  # 0 if the chunk holds a reset
+                chunk_decay *= chunk_keep
+                alive *= chunk_keep
+            S_c = tl.sum(tl.exp(A[:, None] * after[None, :]) * Bd * xu[None, :], axis=1)  # (NP,)
+            S = chunk_decay * S + S_c
             total += chunk_total
         offs_seg = (row * n_seg + pid_s) * d_state + offs_n
         tl.store(S_ptr + offs_seg, S, mask=n_mask)
-        tl.store(P_ptr + offs_seg, tl.exp(A * total), mask=n_mask)
+        tl.store(P_ptr + offs_seg, tl.exp(A * total) * alive, mask=n_mask)
 
 
 @triton.jit
@@ -249,6 +279,7 @@ def _selective_scan_fwd_kernel(
     D_ptr,
     z_ptr,
     bias_ptr,
+    keep_ptr,  # (batch, length): 0 where a packed sequence starts, else 1
     h0_ptr,  # (batch, dim, n_seg, N): state entering each segment
     y_ptr,  # (batch, dim, length)
     E_ptr,  # (batch, dim, n_chunks, N): state leaving each chunk, kept for the backward
@@ -272,10 +303,12 @@ def _selective_scan_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
     IS_F64: tl.constexpr,
 ):
     """One program: batch pid_b, channels [pid_d * DK, +DK) one after the other, each through the
-    chunks of segment pid_s in order with its state in registers."""
+    chunks of segment pid_s in order with its state in registers. A packed sequence's first step
+    has decay 0, which drops h_{t-1} inside the chunk's scan and in the carry alike."""
     ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
     pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_t = tl.arange(0, T)
@@ -286,6 +319,7 @@ def _selective_scan_fwd_kernel(
     C_base = C_ptr + (pid_b * c_groups + d0 // c_group_dim).to(tl.int64) * d_state * length
     c_first = pid_s * chunks_per_seg
     c_end = tl.minimum(c_first + chunks_per_seg, n_chunks)
+    keep_row = keep_ptr + pid_b.to(tl.int64) * length  # shared by every channel of the row
     for i in range(DK):
         d = d0 + i
         row = (pid_b * dim + d).to(tl.int64)
@@ -307,6 +341,8 @@ def _selective_scan_fwd_kernel(
         raw_next = tl.load(delta_ptr + row * length + t_next, mask=m_next, other=0.0)
         if HAS_Z:
             z_next = tl.load(z_ptr + row * length + t_next, mask=m_next, other=0.0)
+        if HAS_SEQ:  # padded steps keep (1): they must stay identities
+            keep_next = tl.load(keep_row + t_next, mask=m_next, other=1.0)
         if not B_CONST:
             B_next = tl.load(B_base + offs_n[:, None] * length + t_next[None, :], mask=tile_next, other=0.0)
         if not C_CONST:
@@ -318,6 +354,8 @@ def _selective_scan_fwd_kernel(
             dt, _ = _delta(raw_next.to(ACC), bias, t_mask, HAS_BIAS, SOFTPLUS)
             if HAS_Z:
                 zz = z_next.to(ACC)
+            if HAS_SEQ:
+                keep = keep_next.to(ACC)
             if not B_CONST:
                 Bd = B_next.to(ACC)
             if not C_CONST:
@@ -329,11 +367,15 @@ def _selective_scan_fwd_kernel(
             raw_next = tl.load(delta_ptr + row * length + t_next, mask=m_next, other=0.0)
             if HAS_Z:
                 z_next = tl.load(z_ptr + row * length + t_next, mask=m_next, other=0.0)
+            if HAS_SEQ:
+                keep_next = tl.load(keep_row + t_next, mask=m_next, other=1.0)
             if not B_CONST:
                 B_next = tl.load(B_base + offs_n[:, None] * length + t_next[None, :], mask=tile_next, other=0.0)
             if not C_CONST:
                 C_next = tl.load(C_base + offs_n[:, None] * length + t_next[None, :], mask=tile_next, other=0.0)
             dA = tl.exp(dt[None, :] * A[:, None])  # (NP, T)
+            if HAS_SEQ:
+                dA *= keep[None, :]
             x = Bd * (dt * u)[None, :]  # (NP, T)
             a_cum, b_cum = tl.associative_scan((dA, x), 1, _scan_combine)
             hs = b_cum + a_cum * h[:, None]  # (NP, T): h_t for every state
@@ -355,6 +397,7 @@ def _segment_state_bwd_kernel(
     C_ptr,
     z_ptr,
     bias_ptr,
+    keep_ptr,  # (batch, length): 0 where a packed sequence starts, else 1
     dy_ptr,
     P_ptr,
     Q_ptr,  # P, Q: (batch, dim, n_seg, N)
@@ -373,10 +416,12 @@ def _segment_state_bwd_kernel(
     HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
     IS_F64: tl.constexpr,
 ):
     """Per segment and channel, the gradient its outputs send into its start state (Q) when no
-    gradient enters its end, and its decay (P)."""
+    gradient enters its end, and its decay (P). With packed sequences only the outputs before the
+    segment's first reset see its start state, and P is 0 for a segment that holds a reset."""
     ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
     pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_t = tl.arange(0, T)
@@ -386,6 +431,7 @@ def _segment_state_bwd_kernel(
     C_base = C_ptr + (pid_b * c_groups + d0 // c_group_dim).to(tl.int64) * d_state * length
     c_first = pid_s * chunks_per_seg
     c_end = tl.minimum(c_first + chunks_per_seg, n_chunks)
+    keep_row = keep_ptr + pid_b.to(tl.int64) * length  # shared by every channel of the row
     for i in range(DK):
         d = d0 + i
         row = (pid_b * dim + d).to(tl.int64)
@@ -395,10 +441,13 @@ def _segment_state_bwd_kernel(
             Cd = tl.load(C_ptr + d * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)[:, None]
         Q = tl.zeros([NP], dtype=ACC)
         total = tl.zeros([NP], dtype=ACC)
+        alive = tl.full([NP], 1.0, ACC)  # 0 once a reset is seen
         t_next = (c_end - 1) * T + offs_t  # gradients flow from the end
         m_next = t_next < length
         raw_next = tl.load(delta_ptr + row * length + t_next, mask=m_next, other=0.0)
         dy_next = tl.load(dy_ptr + row * length + t_next, mask=m_next, other=0.0)
+        if HAS_SEQ:  # padded steps keep (1): they must stay identities
+            keep_next = tl.load(keep_row + t_next, mask=m_next, other=1.0)
         if HAS_Z:
             z_next = tl.load(z_ptr + row * length + t_next, mask=m_next, other=0.0)
         if not C_CONST:
@@ -411,6 +460,8 @@ def _segment_state_bwd_kernel(
             t_mask = t < length
             dt, _ = _delta(raw_next.to(ACC), bias, t_mask, HAS_BIAS, SOFTPLUS)
             dy = dy_next.to(ACC)
+            if HAS_SEQ:
+                keep = keep_next.to(ACC)
             if HAS_Z:
                 zz = z_next.to(ACC)
                 dy *= zz / (1.0 + tl.exp(-zz))
@@ -420,6 +471,8 @@ def _segment_state_bwd_kernel(
             m_next = t_next >= c_first * T
             raw_next = tl.load(delta_ptr + row * length + t_next, mask=m_next, other=0.0)
             dy_next = tl.load(dy_ptr + row * length + t_next, mask=m_next, other=0.0)
+            if HAS_SEQ:
+                keep_next = tl.load(keep_row + t_next, mask=m_next, other=1.0)
             if HAS_Z:
                 z_next = tl.load(z_ptr + row * length + t_next, mask=m_next, other=0.0)
             if not C_CONST:
@@ -430,13 +483,21 @@ def _segment_state_bwd_kernel(
                 )
             # dL/dh_{start-1} = sum_t exp(A * (delta up to and including t)) * C_t dy_t
             upto = tl.cumsum(dt, 0)
-            Q_c = tl.sum(tl.exp(A[:, None] * upto[None, :]) * Cd * dy[None, :], axis=1)  # (NP,)
             chunk_total = tl.sum(dt, 0)
-            Q = tl.exp(A * chunk_total) * Q + Q_c
+            chunk_decay = tl.exp(A * chunk_total)  # (NP,)
+            if HAS_SEQ:
+                # the output at t sees the chunk's start state only if no sequence starts at or
+                # before t (reset counts are small integers, exact in floating point)
+                dy = tl.where(tl.cumsum(1.0 - keep, 0) == 0.0, dy, 0.0)
+                chunk_keep = tl.min(keep, 0)  # 0 if the chunk holds a reset
+                chunk_decay *= chunk_keep
+                alive *= chunk_keep
+            Q_c = tl.sum(tl.exp(A[:, None] * upto[None, :]) * Cd * dy[None, :], axis=1)  # (NP,)
+            Q = chunk_decay * Q + Q_c
             total += chunk_total
         offs_seg = (row * n_seg + pid_s) * d_state + offs_n
         tl.store(Q_ptr + offs_seg, Q, mask=n_mask)
-        tl.store(P_ptr + offs_seg, tl.exp(A * total), mask=n_mask)
+        tl.store(P_ptr + offs_seg, tl.exp(A * total) * alive, mask=n_mask)
 
 
 @triton.jit
@@ -449,6 +510,7 @@ def _selective_scan_bwd_kernel(
     D_ptr,
     z_ptr,
     bias_ptr,
+    keep_ptr,  # (batch, length): 0 where a packed sequence starts, else 1
     h0_ptr,  # (batch, dim, N): initial state
     E_ptr,  # (batch, dim, n_chunks, N): states after each chunk, from the forward
     dy_ptr,  # (batch, dim, length)
@@ -481,6 +543,7 @@ def _selective_scan_bwd_kernel(
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
     IS_F64: tl.constexpr,
 ):
     """Chunks of segment pid_s from last to first, and per chunk the DK channels; per channel:
@@ -490,7 +553,9 @@ def _selective_scan_bwd_kernel(
     then dC_t = dy_t h_t, dB_t = g_t delta_t u_t, du_t = delta_t <g_t, B_t> + D dy_t,
     ddelta_t = <g_t, B_t u_t + A dA_t h_{t-1}>, dA = sum_t delta_t g_t dA_t h_{t-1},
     with dA_t h_{t-1} = h_t - x_t (no shifted copy of h needed). Channels are the inner loop so
-    that dB/dC of a chunk are summed over them in registers.
+    that dB/dC of a chunk are summed over them in registers. Packed sequences: dA_t carries the
+    step's keep factor (0 at a reset), so the adjoint stops at a sequence's first step and that
+    step's h_{t-1} terms of dA and ddelta vanish, exactly as d(keep * exp(delta A) h)/d(...).
     """
     ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
     pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -513,6 +578,7 @@ def _selective_scan_bwd_kernel(
     )
     c_first = pid_s * chunks_per_seg
     c_end = tl.minimum(c_first + chunks_per_seg, n_chunks)
+    keep_row = keep_ptr + pid_b.to(tl.int64) * length  # shared by every channel of the row
     for j in range(0, c_end - c_first):
         c = c_end - 1 - j
         t = c * T + offs_t
@@ -521,6 +587,9 @@ def _selective_scan_bwd_kernel(
         tile_mask = n_mask[:, None] & t_mask[None, :]
         # dA_{t+1} belongs to the next chunk at the last column: 1 there, the carry R holds the rest
         next_mask = (t + 1 < length) & (offs_t < T - 1)
+        if HAS_SEQ:  # one row for all channels; padded steps keep (1)
+            keep = tl.load(keep_row + t, mask=t_mask, other=1.0).to(ACC)
+            keep_n = tl.load(keep_row + t + 1, mask=next_mask, other=1.0).to(ACC)
         if not B_CONST:
             Bd = tl.load(B_base + tile_offs, mask=tile_mask, other=0.0).to(ACC)
             dB_acc = tl.zeros([NP, T], dtype=ACC)
@@ -583,6 +652,8 @@ def _selective_scan_bwd_kernel(
             if C_CONST:
                 Cd = tl.load(C_ptr + d * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)[:, None]
             dA = tl.exp(dt[None, :] * A[:, None])  # (NP, T)
+            if HAS_SEQ:
+                dA *= keep[None, :]
             x = Bd * (dt * u)[None, :]
             a_cum, b_cum = tl.associative_scan((dA, x), 1, _scan_combine)
             h = b_cum + a_cum * h0[:, None]  # (NP, T)
@@ -605,6 +676,8 @@ def _selective_scan_bwd_kernel(
             else:
                 dC_acc += h * dy[None, :]
             dA_next = tl.exp(dt_next[None, :] * A[:, None])
+            if HAS_SEQ:
+                dA_next *= keep_n[None, :]
             ra, rb = tl.associative_scan((dA_next, Cd * dy[None, :]), 1, _scan_combine, reverse=True)
             g = rb + ra * R[:, None]  # (NP, T)
             # gradient into h_{c*T - 1}, dA_0 g_0: the carry for the previous chunk
@@ -739,7 +812,18 @@ def _bc_args(M: torch.Tensor, dim: int) -> tuple[int, int]:
     return dim // g, g
 
 
-def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+def _keep_factor(seq_idx: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor | None:
+    """(batch, length) factor on each step's decay: 0 where seq_idx changes (a packed sequence
+    starts from zero), 1 elsewhere, and 1 at t = 0 so initial_state feeds the row's first sequence.
+    One small row per batch element, read by every channel: cheaper than comparing seq_idx in-kernel."""
+    if seq_idx is None:
+        return None
+    keep = torch.ones(seq_idx.shape, dtype=acc, device=seq_idx.device)
+    keep[:, 1:] = (seq_idx[:, 1:] == seq_idx[:, :-1]).to(acc)
+    return keep
+
+
+def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, seq_idx=None):
     """Launch the forward; returns y (batch, dim, length), last_state (batch, dim, N) and E."""
     _check_runnable(u)
     batch, dim, length = u.shape
@@ -762,13 +846,16 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     cps = plan.fwd_seg_chunks
     n_seg = triton.cdiv(n_chunks, cps)
     grid = (batch, dim // DK, n_seg)
+    keep = _keep_factor(seq_idx, acc)
     flags = dict(
         B_CONST=B.dim() == 2,
         HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus),
+        HAS_SEQ=keep is not None,
         IS_F64=acc == torch.float64,
     )
     bias = delta_bias if delta_bias is not None else A
+    keep = keep if keep is not None else A  # any pointer: HAS_SEQ=False never reads it
     h0, has_h0 = initial_state, initial_state is not None
     if n_seg > 1:
         P = torch.empty(batch, dim, n_seg, d_state, dtype=acc, device=u.device)
@@ -780,6 +867,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
             A,
             B,
             bias,
+            keep,
             P,
             S,
             dim,
@@ -823,6 +911,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         D if D is not None else A,
         z if z is not None else u,
         bias,
+        keep,
         h0 if has_h0 else u,
         y,
         E,
@@ -850,7 +939,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     return y, E[:, :, -1].clone(), E
 
 
-def _scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, delta_softplus):
+def _scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, delta_softplus, seq_idx=None):
     """Launch the backward; returns the gradients of u, delta, A, B, C, D, z, delta_bias, initial_state
     (None for absent inputs)."""
     batch, dim, length = u.shape
@@ -873,14 +962,17 @@ def _scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, 
     NP = max(2, triton.next_power_of_2(d_state))
     bgd, bg = _bc_args(B, dim)
     cgd, cg = _bc_args(C, dim)
+    keep = _keep_factor(seq_idx, acc)
     flags = dict(
         C_CONST=C.dim() == 2,
         HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus),
+        HAS_SEQ=keep is not None,
         IS_F64=acc == torch.float64,
     )
     bias = delta_bias if delta_bias is not None else A
+    keep = keep if keep is not None else A  # any pointer: HAS_SEQ=False never reads it
     grid = (batch, dim // DK, n_seg)
     if n_seg > 1:
         P = torch.empty(batch, dim, n_seg, d_state, dtype=acc, device=dev)
@@ -892,6 +984,7 @@ def _scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, 
             C,
             z if z is not None else u,
             bias,
+            keep,
             dy,
             P,
             Q,
@@ -953,6 +1046,7 @@ def _scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, 
         D if D is not None else A,
         z if z is not None else u,
         bias,
+        keep,
         h0,
         E,
         dy,
@@ -1021,13 +1115,14 @@ def _selective_scan_fwd_op(
     delta_bias: torch.Tensor | None,
     initial_state: torch.Tensor | None,
     delta_softplus: bool,
+    seq_idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    y, last, E = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+    y, last, E = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, seq_idx)
     return y, last, E
 
 
 @_selective_scan_fwd_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, seq_idx=None):
     batch, dim, length = u.shape
     acc = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     n_chunks = triton.cdiv(length, _chunk_for(length))
@@ -1053,33 +1148,37 @@ def _selective_scan_bwd_op(
     initial_state: torch.Tensor | None,
     E: torch.Tensor,
     delta_softplus: bool,
+    seq_idx: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    grads = _scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, delta_softplus)
+    grads = _scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, delta_softplus, seq_idx)
     # custom ops return tensors only: an empty tensor stands for "no such input"
     return [g if g is not None else _empty().to(u.device) for g in grads]
 
 
 @_selective_scan_bwd_op.register_fake
-def _(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, delta_softplus):
+def _(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, delta_softplus, seq_idx=None):
     like = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     return [torch.empty_like(t) if t is not None else u.new_empty(0) for t in like]
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus = inputs
+    u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, seq_idx = inputs
     _, _, E = output
     ctx.mark_non_differentiable(E)
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, E)
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, E, seq_idx)
     ctx.delta_softplus = delta_softplus
 
 
 def _backward(ctx, dy, dlast, _dE):
-    u, delta, A, B, C, D, z, delta_bias, initial_state, E = ctx.saved_tensors
+    u, delta, A, B, C, D, z, delta_bias, initial_state, E, seq_idx = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros_like(u)
-    grads = _selective_scan_bwd_op(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, ctx.delta_softplus)
+    grads = _selective_scan_bwd_op(
+        dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, ctx.delta_softplus, seq_idx
+    )
     present = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    return (*[g if t is not None else None for g, t in zip(grads, present, strict=False)], None)
+    # no gradient for delta_softplus (a flag) nor seq_idx (integers)
+    return (*[g if t is not None else None for g, t in zip(grads, present, strict=False)], None, None)
 
 
 _selective_scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -1097,12 +1196,16 @@ def selective_scan_triton(
     delta_softplus=False,
     initial_state=None,
     return_last_state=False,
+    seq_idx=None,
 ):
     """Selective scan with Triton kernels; arguments and results as `selective_scan_ref`.
 
     u, delta, z: (B, D, L)   A: (D, N)   B, C: (B, N, L) | (B, G, N, L) | (D, N)
-    D, delta_bias: (D,)      initial_state: (B, D, N)
+    D, delta_bias: (D,)      initial_state: (B, D, N)      seq_idx: (B, L) int
     Returns y (B, D, L) in u's dtype, and with `return_last_state` also last_state (B, D, N) float32.
+    Packed sequences: the state restarts from zero where seq_idx changes along the length.
     """
-    y, last, _ = _selective_scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus))
+    y, last, _ = _selective_scan_fwd_op(
+        u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), seq_idx
+    )
     return (y, last) if return_last_state else y
