@@ -95,6 +95,11 @@ def build_parser():
         help="train,valid,test fractions of the files",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between last.ckpt saves")
+    p.add_argument("--log-every", type=int, default=10, help="steps between metrics.csv rows")
+    p.add_argument("--devices", type=int, default=1, help="GPUs (or CPU processes) per node")
+    p.add_argument("--num-nodes", type=int, default=1, help="nodes (under SLURM or torchrun)")
+    p.add_argument("--strategy", default="auto", choices=["auto", "ddp", "fsdp"], help="multi-device strategy")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("bpb", help="bits per sample of a trained model on a folder of audio")
@@ -226,8 +231,11 @@ def pretrain(args) -> dict:
             f"--length {args.length} must be a multiple of the total pooling factor "
             f"{config.total_pool} (pool {list(config.pool)})"
         )
-    if args.max_steps < 1 or args.batch_size < 1:
-        raise ValueError("--max-steps and --batch-size must be >= 1")
+    for flag in ("max_steps", "batch_size", "log_every", "devices", "num_nodes"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(args, flag)}")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be >= 1; got {args.checkpoint_every}")
     common.seed_everything(args.seed)
     data = AudioDataModule(str(data_dir), rate, args.length, args.mode, args.batch_size, args.split, args.seed)
     data.setup("fit")  # read and split now: bad files fail before any output is written
@@ -236,24 +244,33 @@ def pretrain(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     payload = _config_payload(config, rate, args.length, args.mode)
-    (out / "config.json").write_text(json.dumps(payload, indent=2) + "\n")  # lets bpb/generate read last.ckpt
-    common.save_run_config(vars(args) | {"data": str(data_dir), "sample_rate": rate, "device": device}, out)
+    if common.is_global_zero():  # one writer; the other ranks run the same command line
+        with common.atomic_path(out / "config.json") as tmp:  # lets bpb/generate read last.ckpt
+            tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        common.save_run_config(vars(args) | {"data": str(data_dir), "sample_rate": rate, "device": device}, out)
     meter = Throughput(warmup_steps=min(5, args.max_steps - 1))
     trainer = common.build_trainer(
         out,
         device,
         args.max_steps,
-        checkpoint_every=max(50, args.max_steps // 4),
+        checkpoint_every=args.checkpoint_every or max(50, args.max_steps // 4),
         val_every=args.val_every,
+        log_every=args.log_every,
         callbacks=[meter],
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
     )
     trainer.fit(module, datamodule=data, ckpt_path=common.resume_checkpoint(out, args.resume))
+    if not trainer.is_global_zero:
+        return None  # rank 0 exports the model and prints the result
     weights = common.export_model(model, payload, out)
     plot = common.plot_metrics(out)
 
     model.eval()
-    valid_bpb, n_valid = bits_per_sample(model.to(device), data.val_dataloader())
-    targets = torch.cat([t for _, t in data.val_dataloader()])
+    valid = data.full_loader("valid")  # every valid file, not just rank 0's shard
+    valid_bpb, n_valid = bits_per_sample(model.to(device), valid)
+    targets = torch.cat([t for _, t in valid])
     return {
         "command": "pretrain",
         "valid_bpb": round(valid_bpb, 4),

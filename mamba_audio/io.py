@@ -23,6 +23,9 @@ from .errors import AudioFileNotFoundError, AudioReadError
 
 # Lower-case suffixes that `list_audio_files` picks up; all are read by libsndfile.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+# Plausible file sample rates. A rate outside this range is a corrupt header, and resampling from
+# it would turn each stored sample into thousands (1 Hz -> 16 kHz) or almost none.
+_MIN_FILE_RATE_HZ, _MAX_FILE_RATE_HZ = 1_000, 1_000_000
 
 
 def _check_rate(sample_rate_hz: int, name: str = "sample_rate_hz") -> int:
@@ -58,8 +61,19 @@ def read(path: str | os.PathLike, sample_rate_hz: int) -> np.ndarray:
         raise AudioReadError(f"audio file {path} holds no samples; remove it or replace it with a non-empty file")
     if not np.isfinite(data).all():
         raise AudioReadError(f"audio file {path} contains NaN or infinite samples; re-export it from its source")
+    if not _MIN_FILE_RATE_HZ <= file_rate_hz <= _MAX_FILE_RATE_HZ:
+        raise AudioReadError(
+            f"audio file {path} declares a sample rate of {file_rate_hz} Hz, outside "
+            f"{_MIN_FILE_RATE_HZ}-{_MAX_FILE_RATE_HZ} Hz; its header is probably corrupt"
+        )
     mono = data.mean(axis=1)  # (L,) downmix by averaging channels
-    return resample(mono, int(file_rate_hz), sample_rate_hz)
+    clip = resample(mono, int(file_rate_hz), sample_rate_hz)
+    if clip.size == 0:
+        raise AudioReadError(
+            f"audio file {path} is too short: {data.shape[0]} frame(s) at {file_rate_hz} Hz give no sample at "
+            f"{sample_rate_hz} Hz"
+        )
+    return clip
 
 
 def list_audio_files(folder: str | os.PathLike) -> list[Path]:

@@ -60,6 +60,15 @@ def _training(p: argparse.ArgumentParser, max_steps: int, length: int, batch_siz
     p.add_argument("--checkpoint-every", type=_positive, default=100, help="steps between last.ckpt saves")
     p.add_argument("--val-every", type=_positive, default=None, help="steps between validations (default: at the end)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt if it exists")
+    p.add_argument("--log-every", type=_positive, default=10, help="steps between metrics.csv rows")
+    p.add_argument("--devices", type=_positive, default=1, help="GPUs (or CPU processes) per node")
+    p.add_argument("--num-nodes", type=_positive, default=1, help="nodes (under SLURM or torchrun)")
+    p.add_argument(
+        "--strategy",
+        default="auto",
+        choices=["auto", "ddp", "fsdp"],
+        help="multi-device strategy (auto: DDP when --devices > 1); every rank trains on its own windows",
+    )
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -160,7 +169,14 @@ def cmd_pretrain(args) -> dict:
     import torch
 
     from core.models import MambaLM
-    from pipelines.common import build_trainer, resolve_device, resume_checkpoint, save_run_config, seed_everything
+    from pipelines.common import (
+        build_trainer,
+        is_global_zero,
+        resolve_device,
+        resume_checkpoint,
+        save_run_config,
+        seed_everything,
+    )
     from pipelines.genome_data import GenomeDataModule
     from pipelines.lm import LMModule
 
@@ -200,25 +216,32 @@ def cmd_pretrain(args) -> dict:
         args.max_steps,
         checkpoint_every=args.checkpoint_every,
         val_every=args.val_every,
+        log_every=args.log_every,
         progress=not args.no_progress,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
     )
-    save_run_config(
-        {
-            "command": "pretrain",
-            **vars(args),
-            "device": device,
-            "model": asdict(config),
-            "train_windows": len(data.train_set),
-            "val_windows": len(data.val_set),
-        },
-        out,
-    )
+    if is_global_zero():  # one writer; the other ranks run the same command line
+        save_run_config(
+            {
+                "command": "pretrain",
+                **vars(args),
+                "device": device,
+                "model": asdict(config),
+                "train_windows": len(data.train_set),
+                "val_windows": len(data.val_set),
+            },
+            out,
+        )
     start = time.time()
     trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(out, args.resume))
     seconds = time.time() - start
+    if not trainer.is_global_zero:
+        return None  # rank 0 exports the model and prints the result
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor)}
     result = _finish_training(trainer, module, model, config, out, args, {"task": "lm", "length": args.length})
-    tokens = trainer.global_step * args.batch_size * args.length
+    tokens = trainer.global_step * args.batch_size * args.length * trainer.world_size  # every rank's windows
     return {
         "command": "pretrain",
         "val_ppl": metrics.get("val/ppl"),
@@ -229,6 +252,7 @@ def cmd_pretrain(args) -> dict:
         "seconds": round(seconds, 1),
         "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
         "device": device,
+        "world_size": trainer.world_size,
     }
 
 
@@ -236,7 +260,14 @@ def cmd_classify_train(args) -> dict:
     import torch
 
     from pipelines.classify import ClassifierModule
-    from pipelines.common import build_trainer, resolve_device, resume_checkpoint, save_run_config, seed_everything
+    from pipelines.common import (
+        build_trainer,
+        is_global_zero,
+        resolve_device,
+        resume_checkpoint,
+        save_run_config,
+        seed_everything,
+    )
     from pipelines.genome_data import ClassificationDataModule, sample_species_table
 
     from .checkpoints import load_run
@@ -278,21 +309,28 @@ def cmd_classify_train(args) -> dict:
         checkpoint_every=args.checkpoint_every,
         val_every=args.val_every if has_val else None,
         limit_val_batches=1.0 if has_val else 0,
+        log_every=args.log_every,
         progress=not args.no_progress,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
     )
-    save_run_config(
-        {
-            "command": "classify train",
-            **vars(args),
-            "data": data_path,
-            "device": device,
-            "labels": data.labels,
-            "model": config.to_dict(),
-        },
-        out,
-    )
+    if is_global_zero():  # one writer; the other ranks run the same command line
+        save_run_config(
+            {
+                "command": "classify train",
+                **vars(args),
+                "data": data_path,
+                "device": device,
+                "labels": data.labels,
+                "model": config.to_dict(),
+            },
+            out,
+        )
     start = time.time()
     trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(out, args.resume))
+    if not trainer.is_global_zero:
+        return None  # rank 0 exports the model and prints the result
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor)}
     extra = {"task": "classify", "labels": data.labels, "length": args.length}
     result = _finish_training(trainer, module, model, config.to_dict(), out, args, extra)

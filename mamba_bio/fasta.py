@@ -91,6 +91,11 @@ class Genome:
             raise FastaFormatError(f"{self.path}: malformed FASTA: {err}") from err
         except pyfaidx.UnsupportedCompressionFormat as err:
             raise FastaFormatError(f"{self.path}: {err}") from err
+        except UnicodeDecodeError as err:  # pyfaidx reads the file as UTF-8 text while indexing
+            raise FastaFormatError(
+                f"{self.path}: not a text FASTA file (undecodable byte 0x{err.object[err.start]:02x}); "
+                "is it binary or compressed with something other than gzip/bgzip?"
+            ) from err
         except ValueError as err:  # e.g. duplicate record names
             raise FastaFormatError(f"{self.path}: {err}") from err
         self._fasta, self._pid = fasta, os.getpid()
@@ -127,8 +132,16 @@ class Genome:
         lo, hi = max(0, start), min(size, end)
         out = np.full(end - start, PAD_ID, dtype=np.int64)
         if hi > lo:
+            seq = self.fetch(chrom, lo, hi)
+            if len(seq) != hi - lo:
+                # the .fai offsets disagree with the bytes on disk: lone '\r' line ends, or a file
+                # edited after it was indexed
+                raise FastaFormatError(
+                    f"{self.path}: record {chrom!r} at {lo}-{hi}: read {len(seq)} bp where the index promises "
+                    f"{hi - lo}; check for old Mac ('\\r') line endings, fix them and delete {self.path}.fai"
+                )
             try:
-                out[lo - start : hi - start] = encode_array(self.fetch(chrom, lo, hi))
+                out[lo - start : hi - start] = encode_array(seq)
             except InvalidSequenceError as err:
                 raise InvalidSequenceError(f"{self.path}: record {chrom!r} at {lo}-{hi}: {err}") from err
         return out

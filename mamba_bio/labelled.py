@@ -11,7 +11,6 @@ made; a Genomic Benchmarks folder has train and test, and 10% of train (seeded) 
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import InvalidSequenceError, SplitError, TableError
+from .tables import parse_table, read_table_text
 from .tokenizer import PAD_ID, encode_array
 from .windows import normalize_split
 
@@ -39,17 +39,14 @@ def read_sequence_table(path: str | os.PathLike, seed: int = 0) -> list[tuple[st
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: sequence table not found")
-    with open(path, newline="") as fh:
-        text = fh.read()
+    text = read_table_text(path)
     first = text.splitlines()[0] if text else ""
     delimiter = "\t" if "\t" in first else ","
-    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
-    header = [h.strip() for h in reader.fieldnames or []]
+    header, table = parse_table(path, text, delimiter)
     if "sequence" not in header or "label" not in header:
         raise TableError(f"{path}: need a header with columns 'sequence' and 'label' (optional 'split'); got {header}")
     rows = []
-    for lineno, raw in enumerate(reader, start=2):
-        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+    for lineno, row in table:
         if not row.get("sequence") or not row.get("label"):
             raise TableError(f"{path}:{lineno}: empty sequence or label")
         split = normalize_split(row["split"], f"{path}:{lineno}") if row.get("split") else ""
@@ -76,7 +73,10 @@ def read_genomic_benchmark(folder: str | os.PathLike, seed: int = 0) -> list[tup
         part_rows = []
         for class_dir in sorted(p for p in (folder / part).glob("*") if p.is_dir()):
             for file in sorted(class_dir.glob("*.txt")):
-                seq = "".join(file.read_text().split())
+                try:
+                    seq = "".join(file.read_bytes().decode("ascii").split())
+                except UnicodeDecodeError as err:  # nucleotide codes are ASCII; anything else is not a sequence
+                    raise InvalidSequenceError(f"{file}: not a plain-text DNA sequence ({err.reason})") from err
                 if seq:
                     part_rows.append((seq, class_dir.name, part))
         if part == "train" and part_rows:
@@ -176,8 +176,8 @@ def open_classification_data(path: str | os.PathLike, length: int, seed: int = 0
         return SequenceTable(path, length, seed)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: --data not found (species.tsv, sequence table or Genomic Benchmarks folder)")
-    with open(path) as fh:
-        header = fh.readline()
+    text = read_table_text(path)
+    header = text.splitlines()[0] if text else ""
     if not header.strip():
         raise TableError(f"{path}: empty file; expected a header line")
     columns = {c.strip() for c in header.replace(",", "\t").split("\t")}

@@ -21,6 +21,7 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,13 +51,17 @@ class ManifestFile:
     url: str | None = None
     size: int | None = None
     sha256: str | None = None
-    unpack: str | None = None  # "gunzip": also write the decompressed file (name without .gz)
+    unpack: str | None = None  # "gunzip": also write the decompressed file; "unzip": extract into a folder
     bundled: str | None = None  # path inside the mamba_bio package, for files shipped with it
     role: str | None = None  # fasta, bed, ... (informational)
 
     @property
     def final_name(self) -> str:
-        return self.name[:-3] if self.unpack == "gunzip" and self.name.endswith(".gz") else self.name
+        if self.unpack == "gunzip" and self.name.endswith(".gz"):
+            return self.name[:-3]
+        if self.unpack == "unzip" and self.name.endswith(".zip"):
+            return self.name[:-4]  # the folder the archive is extracted into
+        return self.name
 
 
 @dataclass
@@ -65,6 +70,62 @@ class Manifest:
     path: Path
     files: list[ManifestFile] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
+
+
+# what each ManifestFile field may hold (None is always allowed: the field is absent or null)
+_FILE_FIELDS = {"name": str, "url": str, "size": int, "sha256": str, "unpack": str, "bundled": str, "role": str}
+_URL_SCHEMES = ("https://", "http://", "ftp://")
+_HEX = set("0123456789abcdefABCDEF")
+
+
+def _is_plain_name(name) -> bool:
+    """A file or folder name that stays inside the download folder it is joined to."""
+    return (
+        isinstance(name, str)
+        and name.strip() == name
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+    )
+
+
+def _check_file_entry(item: ManifestFile, where: str) -> None:
+    """ManifestError for a files[] entry whose fields have the wrong type or form: these values
+    become paths, URLs and checksums, and a bad one must stop `load_manifest`, not a download."""
+    for key, kind in _FILE_FIELDS.items():
+        value = getattr(item, key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ManifestError(f"{where}: {key!r} must be a {kind.__name__}; got {value!r}")
+    if not _is_plain_name(item.name):
+        raise ManifestError(f"{where}: 'name' must be a plain file name (no '/' or '..'); got {item.name!r}")
+    if not item.url and not item.bundled:
+        raise ManifestError(f"{where} ({item.name}) has neither 'url' nor 'bundled'")
+    if item.url and not item.url.startswith(_URL_SCHEMES):
+        raise ManifestError(f"{where}: 'url' must start with {', '.join(_URL_SCHEMES)}; got {item.url!r}")
+    if item.size is not None and item.size < 0:
+        raise ManifestError(f"{where}: 'size' must be a number of bytes >= 0; got {item.size}")
+    if item.sha256 is not None and (len(item.sha256) != 64 or not set(item.sha256) <= _HEX):
+        raise ManifestError(f"{where}: 'sha256' must be 64 hex digits or null; got {item.sha256!r}")
+    if item.unpack not in (None, "gunzip", "unzip"):
+        raise ManifestError(f"{where}: unpack must be 'gunzip', 'unzip' or absent; got {item.unpack!r}")
+    if item.bundled is not None and (Path(item.bundled).is_absolute() or ".." in Path(item.bundled).parts):
+        raise ManifestError(f"{where}: 'bundled' must be a path inside the package; got {item.bundled!r}")
+
+
+def _check_species_sections(raw: dict, path: Path) -> None:
+    """`species` (name -> {file: NAME}) and `splits` (split -> [record, ...]) as `write_species_table` reads them."""
+    if "species" not in raw:
+        return
+    species, splits = raw["species"], raw.get("splits") or {}
+    if not isinstance(species, dict) or not all(
+        isinstance(info, dict) and _is_plain_name(info.get("file")) for info in species.values()
+    ):
+        raise ManifestError(f"{path}: 'species' must map each species to {{file: NAME}}")
+    if not isinstance(splits, dict) or not all(
+        isinstance(records, list) and all(isinstance(r, str) for r in records) for records in splits.values()
+    ):
+        raise ManifestError(f"{path}: 'splits' must map each split to a list of record names")
 
 
 def available_manifests(directory: Path | None = None) -> list[str]:
@@ -84,23 +145,29 @@ def load_manifest(name_or_path: str | os.PathLike, directory: Path | None = None
             known = ", ".join(available_manifests(directory)) or "none"
             raise ManifestNotFoundError(f"no data manifest named {str(name_or_path)!r} in {directory} (known: {known})")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     except yaml.YAMLError as err:
         raise ManifestError(f"{path}: not valid YAML: {err}") from err
+    except ValueError as err:  # PyYAML's timestamp constructor lets datetime's errors out (e.g. 2020-02-30)
+        raise ManifestError(f"{path}: not valid YAML: {err}") from err
+    except RecursionError as err:  # PyYAML's composer recurses once per nesting level
+        raise ManifestError(f"{path}: not valid YAML: nested too deeply") from err
     if not isinstance(raw, dict) or not isinstance(raw.get("files"), list):
         raise ManifestError(f"{path}: expected a mapping with a 'files' list")
+    name = raw.get("name", path.stem)
+    if not _is_plain_name(name):
+        raise ManifestError(f"{path}: 'name' must be a plain folder name (no '/' or '..'); got {name!r}")
     files = []
-    allowed = set(ManifestFile.__dataclass_fields__)
     for i, entry in enumerate(raw["files"]):
         if not isinstance(entry, dict) or "name" not in entry:
             raise ManifestError(f"{path}: files[{i}] needs at least a 'name'")
-        item = ManifestFile(**{k: v for k, v in entry.items() if k in allowed})
-        if not item.url and not item.bundled:
-            raise ManifestError(f"{path}: files[{i}] ({item.name}) has neither 'url' nor 'bundled'")
-        if item.unpack not in (None, "gunzip"):
-            raise ManifestError(f"{path}: files[{i}] unpack must be 'gunzip' or absent; got {item.unpack!r}")
+        item = ManifestFile(**{k: v for k, v in entry.items() if k in _FILE_FIELDS})
+        _check_file_entry(item, f"{path}: files[{i}]")
         files.append(item)
-    return Manifest(str(raw.get("name", path.stem)), path, files, raw)
+    _check_species_sections(raw, path)
+    return Manifest(name, path, files, raw)
 
 
 def sha256_of(path: Path) -> str:
@@ -170,6 +237,25 @@ def _gunzip(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def _unzip(src: Path, dest: Path) -> None:
+    """Extract a zip into `dest` (a new folder), refusing members that would land outside it."""
+    tmp = dest.with_name(dest.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(src) as archive:
+            for member in archive.namelist():
+                if not (tmp / member).resolve().is_relative_to(tmp.resolve()):
+                    raise ChecksumError(f"{src}: archive member {member!r} points outside the folder; not extracted")
+            archive.extractall(tmp)
+    except (OSError, zipfile.BadZipFile) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ChecksumError(f"{src}: cannot unzip: {err}") from err
+    except ChecksumError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.replace(tmp, dest)
+
+
 def fetch(
     name: str,
     dest: str | os.PathLike | None = None,
@@ -209,6 +295,8 @@ def fetch(
                 downloaded = True
             if item.unpack == "gunzip" and not (dest_dir / item.final_name).is_file():
                 _gunzip(target, dest_dir / item.final_name)
+            if item.unpack == "unzip" and not (dest_dir / item.final_name).is_dir():
+                _unzip(target, dest_dir / item.final_name)
         path = target.parent / item.final_name if item.unpack else target
         results.append(
             {

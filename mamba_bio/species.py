@@ -14,7 +14,6 @@ way from a seeded generator, so every run scores the same windows.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch.utils.data import Dataset
 
 from .errors import SplitError, TableError, WindowError
 from .fasta import Genome
+from .tables import parse_table, read_table_text
 from .tokenizer import COMPLEMENT, N_ID, PAD_ID
 from .windows import normalize_split
 
@@ -45,26 +45,23 @@ def read_species_table(path: str | os.PathLike) -> list[SpeciesRow]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: species table not found")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh, delimiter="\t")
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in SPECIES_COLUMNS[:3] if c not in header]
-        if missing:
-            raise TableError(
-                f"{path}: header must be {chr(9).join(SPECIES_COLUMNS)!r} (tab-separated); missing {', '.join(missing)}"
-            )
-        rows = []
-        for lineno, raw in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-            if not any(row.values()):
-                continue
-            if not row["species"] or not row["fasta"]:
-                raise TableError(f"{path}:{lineno}: species and fasta must not be empty")
-            split = normalize_split(row["split"], f"{path}:{lineno}")
-            fasta = Path(row["fasta"]).expanduser()
-            fasta = fasta if fasta.is_absolute() else path.parent / fasta
-            records = tuple(r.strip() for r in row.get("records", "").split(",") if r.strip())
-            rows.append(SpeciesRow(row["species"], fasta, split, records))
+    header, table = parse_table(path, read_table_text(path), "\t")
+    missing = [c for c in SPECIES_COLUMNS[:3] if c not in header]
+    if missing:
+        raise TableError(
+            f"{path}: header must be {chr(9).join(SPECIES_COLUMNS)!r} (tab-separated); missing {', '.join(missing)}"
+        )
+    rows = []
+    for lineno, row in table:
+        if not any(row.values()):
+            continue
+        if not row["species"] or not row["fasta"]:
+            raise TableError(f"{path}:{lineno}: species and fasta must not be empty")
+        split = normalize_split(row["split"], f"{path}:{lineno}")
+        fasta = Path(row["fasta"]).expanduser()
+        fasta = fasta if fasta.is_absolute() else path.parent / fasta
+        records = tuple(r.strip() for r in row.get("records", "").split(",") if r.strip())
+        rows.append(SpeciesRow(row["species"], fasta, split, records))
     if not rows:
         raise TableError(f"{path}: no rows below the header")
     return rows

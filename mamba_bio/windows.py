@@ -16,6 +16,7 @@ and one ending at its end, clipped to the chromosome and padded with [PAD].
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ _SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validatio
 PAPER_INTERVAL_BP = 2**17
 # eager all-N filtering reads every window once; above this many bp it is done lazily instead
 _EAGER_FILTER_MAX_BP = 50_000_000
+_BED_COORD = re.compile(r"[0-9]+")
 
 
 def normalize_split(name: str, context: str = "") -> str:
@@ -68,8 +70,14 @@ def read_bed(path: str | os.PathLike, default_split: str = "train") -> list[Inte
     if not path.is_file():
         raise FileNotFoundError(f"{path}: BED file not found")
     intervals = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:  # bytes, decoded per line, so a bad byte is reported with its line
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise BedError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x}); is this a BED file?"
+                ) from err
             if not line.strip() or line.startswith(("#", "track", "browser")):
                 continue
             fields = line.rstrip("\n\r").split("\t")
@@ -78,10 +86,14 @@ def read_bed(path: str | os.PathLike, default_split: str = "train") -> list[Inte
             if len(fields) < 3:
                 raise BedError(f"{path}:{lineno}: expected at least 3 columns (chrom start end), got {line.strip()!r}")
             chrom = fields[0]
-            try:
-                start, end = int(fields[1]), int(fields[2])
-            except ValueError as err:
-                raise BedError(f"{path}:{lineno}: start/end must be integers, got {fields[1]!r} {fields[2]!r}") from err
+            if not chrom.strip() or chrom != chrom.strip():
+                raise BedError(f"{path}:{lineno}: empty or padded chromosome name {chrom!r}")
+            # plain ASCII digits only: int() would also take '+3', '1_0', ' 4' and non-Latin digits
+            if not (_BED_COORD.fullmatch(fields[1]) and _BED_COORD.fullmatch(fields[2])):
+                raise BedError(
+                    f"{path}:{lineno}: start/end must be non-negative integers, got {fields[1]!r} {fields[2]!r}"
+                )
+            start, end = int(fields[1]), int(fields[2])
             if start < 0 or end <= start:
                 raise BedError(f"{path}:{lineno}: need 0 <= start < end, got {chrom}:{start}-{end}")
             split = default_split if len(fields) < 4 else normalize_split(fields[3], f"{path}:{lineno}")

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from core.models.sashimi import Sashimi
 from mamba_audio.datasets import AudioWindows, folder_splits
 from mamba_audio.io import ReadSummary
+from pipelines.common import resumable_loader
 
 LN2 = math.log(2.0)
 
@@ -46,8 +47,9 @@ class AudioLM(pl.LightningModule):
         inputs, targets = batch  # (B L), (B L)
         logits = self.model(inputs)  # (B L V)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=inputs.shape[0])
-        self.log(f"{stage}/bpb", loss / LN2, prog_bar=stage != "train", batch_size=inputs.shape[0])
+        sync = stage != "train"  # evaluation is sharded across ranks: average over all of them
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=inputs.shape[0], sync_dist=sync)
+        self.log(f"{stage}/bpb", loss / LN2, prog_bar=sync, batch_size=inputs.shape[0], sync_dist=sync)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -114,6 +116,12 @@ class AudioDataModule(pl.LightningDataModule):
         self.seed, self.num_workers = seed, num_workers
         self.splits: dict[str, AudioWindows] | None = None
         self.summary = ReadSummary()
+        self._resume_position: tuple[int, int] | None = None
+
+    def resume_from(self, epoch: int, batches: int) -> None:
+        """On --resume (called by the checkpoint callback): the next training loader skips the
+        `batches` already trained in `epoch`."""
+        self._resume_position = (epoch, batches)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:  # reading is the slow part; the CLI calls setup early to fail fast
@@ -127,18 +135,26 @@ class AudioDataModule(pl.LightningDataModule):
                 self.summary,
             )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
+    def _loader(self, split: str, shuffle: bool, position: tuple[int, int] | None = None) -> DataLoader:
+        # seeded order, sharded across ranks, restartable mid-epoch (see pipelines.common.ResumableSampler)
+        return resumable_loader(
             self.splits[split],
-            batch_size=self.batch_size,
+            self.batch_size,
+            self.seed,
             shuffle=shuffle,
-            generator=generator if shuffle else None,
+            trainer=self.trainer,
+            position=position,
             num_workers=self.num_workers,
         )
 
+    def full_loader(self, split: str) -> DataLoader:
+        """Every example of `split` in file order, whatever the rank (for scoring after training)."""
+        return resumable_loader(
+            self.splits[split], self.batch_size, self.seed, shuffle=False, num_workers=self.num_workers
+        )
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", shuffle=True, position=self._resume_position)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("valid", shuffle=False)

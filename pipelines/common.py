@@ -37,16 +37,20 @@ import yaml
 
 __all__ = [
     "USER_ERRORS",
+    "ResumableSampler",
+    "ResumeError",
     "pass_epoch_to_dataset",
     "ArgumentParser",
     "atomic_path",
     "build_trainer",
     "emit_result",
+    "is_global_zero",
     "export_model",
     "load_exported",
     "plot_metrics",
     "precision_for",
     "resolve_device",
+    "resumable_loader",
     "resume_checkpoint",
     "run_command",
     "save_run_config",
@@ -56,6 +60,10 @@ __all__ = [
 # Exceptions that mean "the user gave bad input": each domain's errors.py subclasses one of these
 # (pyfaidx's errors do too), so the CLI wrapper reports them in one line instead of a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, LookupError)
+
+
+class ResumeError(ValueError):
+    """Raised if `--resume` finds a `last.ckpt` that is truncated, corrupt or not a training checkpoint."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -109,6 +117,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp.unlink()  # the body decides whether it is a file or a folder
     try:
         yield tmp
+        if tmp.is_file():
+            # flush to disk before the rename: after a node crash the new name must not point at
+            # a file whose blocks never left the page cache
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         if tmp.is_dir() and path.is_dir():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -134,10 +147,159 @@ def pass_epoch_to_dataset(module) -> None:
         dataset.epoch = module.current_epoch
 
 
+class ResumableSampler(torch.utils.data.Sampler):
+    """Dataset indices in an order fixed by (seed, epoch), sharded across ranks, restartable mid-epoch.
+
+    - Order: epoch e is a permutation drawn from a generator seeded with (seed, e) alone, never
+      from the global RNG, so a resumed or re-launched run sees exactly the same order.
+    - Ranks: the epoch's order is cut to a multiple of `world_size` and rank r takes positions
+      r, r + W, r + 2W, ...: no index is seen by two ranks, and every rank has the same number of
+      batches (DDP hangs when one rank runs out first). At most W - 1 items per epoch are left
+      out, different ones each epoch when shuffling.
+    - Resume: `set_position(epoch, batches)` makes that epoch start after its first `batches`
+      batches of `batch_size`; later epochs start at their beginning.
+
+    Lightning calls `set_epoch` at every epoch start (for samplers on `DataLoader.sampler`).
+    """
+
+    def __init__(
+        self, num_items: int, batch_size: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.num_items, self.batch_size, self.seed, self.shuffle = num_items, batch_size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_position(self, epoch: int, batches: int) -> None:
+        self.epoch, self._resume = epoch, (epoch, batches)
+
+    def _order(self) -> list[int]:
+        if self.shuffle:
+            import numpy as np
+
+            order = np.random.default_rng((self.seed, self.epoch)).permutation(self.num_items).tolist()
+        else:
+            order = list(range(self.num_items))
+        usable = len(order) - len(order) % self.world_size
+        return order[self.rank : usable : self.world_size]
+
+    def __iter__(self):
+        order = self._order()
+        if self._resume is not None and self._resume[0] == self.epoch:
+            order = order[self._resume[1] * self.batch_size :]
+        return iter(order)
+
+    def __len__(self) -> int:
+        # the full epoch, also on a resumed one: Lightning counts the epoch's batches from its start
+        return self.num_items // self.world_size
+
+
+def resumable_loader(
+    dataset,
+    batch_size: int,
+    seed: int,
+    shuffle: bool,
+    trainer=None,
+    position: tuple[int, int] | None = None,
+    **loader_kwargs,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over a `ResumableSampler` for this process's rank (from `trainer`, else rank 0 of 1).
+
+    `position` (epoch, batches), from a resumed checkpoint, skips the batches already trained.
+    `loader_kwargs` go to the DataLoader (num_workers, collate_fn, ...).
+    """
+    rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    sampler = ResumableSampler(len(dataset), batch_size, seed, shuffle, rank, world_size)
+    if position is not None:
+        sampler.set_position(*position)
+    # no persistent workers: each epoch's workers must get a fresh copy of the dataset, whose
+    # `epoch` (seeding the augmentation, see `pass_epoch_to_dataset`) has just been updated
+    loader_kwargs.setdefault("persistent_workers", False)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_kwargs)
+
+
+def _check_checkpoint(path: Path) -> None:
+    """ResumeError unless `path` is a complete Lightning training checkpoint.
+
+    torch.save writes a zip archive: a file cut short loses the central directory at its end,
+    and flipped bits fail a member's CRC, so both are caught before Lightning sees the file.
+    Loading with weights_only=True then proves it unpickles without running code.
+    """
+    import zipfile
+
+    fix = f"delete {path} to start from scratch, or restore it from a copy"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ResumeError(f"{path}: truncated or corrupt checkpoint ({err}); {fix}") from err
+    if bad is not None:
+        raise ResumeError(f"{path}: corrupt checkpoint (bad CRC in {bad}); {fix}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises RuntimeError/UnpicklingError/EOFError for damaged files
+        raise ResumeError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err}); {fix}") from err
+    missing = [
+        k for k in ("state_dict", "global_step", "loops") if not isinstance(checkpoint, dict) or k not in checkpoint
+    ]
+    if missing:
+        raise ResumeError(f"{path}: not a training checkpoint (no {', '.join(missing)}); {fix}")
+
+
 def resume_checkpoint(out_dir: str | os.PathLike, resume: bool) -> str | None:
-    """`out_dir/last.ckpt` when resuming and it exists, else None (a fresh run)."""
+    """`out_dir/last.ckpt` when resuming and it exists, else None (a fresh run).
+
+    A `last.ckpt` that is truncated or corrupt raises ResumeError: resuming must never quietly
+    turn into training from scratch. Without a `last.ckpt` (the run died before its first save)
+    the run starts from scratch and says so on stderr.
+    """
     last = Path(out_dir) / "last.ckpt"
-    return str(last) if resume and last.is_file() else None
+    if not resume:
+        return None
+    for stale in Path(out_dir).glob(".last.ckpt.*.tmp"):  # a save cut short by the kill
+        stale.unlink(missing_ok=True)
+    if not last.exists():
+        print(f"--resume: no {last} yet; starting from scratch", file=sys.stderr)
+        return None
+    _check_checkpoint(last)
+    return str(last)
+
+
+def _rng_state() -> dict:
+    """Python, numpy and torch RNG states as tensors and lists (loadable with weights_only=True)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "gauss": [has_gauss, gauss],
+        },
+        "python": [version, list(py_state), py_gauss],
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], *n["gauss"]))
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
 
 
 def _make_save_last_callback(every_n_steps: int):
@@ -146,30 +308,92 @@ def _make_save_last_callback(every_n_steps: int):
     class SaveLast(pl.Callback):
         """Write `last.ckpt` every `every_n_steps` optimiser steps and when training ends.
 
-        Written to a temporary name and renamed, so a crash mid-write never leaves a broken
-        `last.ckpt` for `--resume` to trip over.
+        Written to a temporary name, flushed and renamed, so a crash mid-write never leaves a
+        broken `last.ckpt` for `--resume` to trip over. The checkpoint also carries what Lightning
+        does not save and an exact resume needs: the data position (epoch, batches trained in
+        it) and the python/numpy/torch RNG states. On load, the position goes to the datamodule's
+        `resume_from(epoch, batches)` (which builds its training loader to skip those batches)
+        and the RNG states are put back just before the first resumed batch.
         """
 
         def __init__(self, dirpath: Path, every: int):
             self.dirpath, self.every = dirpath, max(1, every)
             self._saved_at = -1
+            self._position = (0, 0)
+            self._rng_to_restore: dict | None = None
 
         def _save(self, trainer: pl.Trainer) -> None:
             if trainer.global_step == self._saved_at:
                 return
             target = self.dirpath / "last.ckpt"
-            with atomic_path(target) as tmp:
-                trainer.save_checkpoint(tmp)
+            # every rank must call save_checkpoint (FSDP gathers shards in it); the strategy
+            # writes only on global rank 0, so only rank 0 renames
+            if trainer.is_global_zero:
+                with atomic_path(target) as tmp:
+                    trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimiser, loops, callbacks
+            else:
+                trainer.save_checkpoint(target, weights_only=False)
             self._saved_at = trainer.global_step
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self._position = (trainer.current_epoch, batch_idx + 1)
             if trainer.global_step > 0 and trainer.global_step % self.every == 0:
                 self._save(trainer)
 
         def on_train_end(self, trainer, pl_module):
             self._save(trainer)
 
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            epoch, batches = self._position
+            checkpoint["resume"] = {"epoch": epoch, "batches": batches, "rng": _rng_state()}
+
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+            resume = checkpoint.get("resume")
+            if resume is None:
+                raise ResumeError(
+                    f"{trainer.ckpt_path}: no data position or RNG state (written by an older version), so "
+                    "the run cannot continue exactly; start a new run in another --out folder"
+                )
+            resume_from = getattr(trainer.datamodule, "resume_from", None)
+            if resume_from is None:  # a datamodule without it would silently replay its epoch from the start
+                raise ResumeError(f"{type(trainer.datamodule).__name__} has no resume_from(epoch, batches)")
+            resume_from(resume["epoch"], resume["batches"])
+            self._position = (resume["epoch"], resume["batches"])
+            self._rng_to_restore = resume["rng"]
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if self._rng_to_restore is not None:
+                _set_rng_state(self._rng_to_restore)
+                self._rng_to_restore = None
+
     return SaveLast
+
+
+STRATEGIES = ("auto", "ddp", "fsdp")
+
+
+def is_global_zero() -> bool:
+    """True in the process that writes the run's files: global rank 0 as the launcher set it in the
+    environment (Lightning's launcher and torchrun set RANK or LOCAL_RANK, SLURM sets SLURM_PROCID),
+    or the only process."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _strategy(name: str, device: str):
+    """--strategy -> a Lightning strategy. DDP talks over NCCL on GPUs and gloo on CPUs (Lightning's
+    default per accelerator); FSDP gathers the full state dict on rank 0 for checkpoints, so
+    `last.ckpt` loads on any number of devices."""
+    if name not in STRATEGIES:
+        raise ValueError(f"--strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
+    if name == "fsdp":
+        if device != "cuda":
+            raise ValueError("--strategy fsdp needs --device cuda (FSDP shards parameters across GPUs); use ddp on CPU")
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return FSDPStrategy(state_dict_type="full")
+    return name
 
 
 def build_trainer(
@@ -184,6 +408,9 @@ def build_trainer(
     accumulate_grad_batches: int = 1,
     progress: bool = True,
     callbacks: list | None = None,
+    devices: int = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
 ):
     """A Lightning Trainer writing everything into `out_dir`.
 
@@ -194,15 +421,24 @@ def build_trainer(
       `trainer.fit(..., ckpt_path=resume_checkpoint(out_dir, True))`).
     - `out_dir/metrics.csv` (CSVLogger) and, when `tensorboard` is installed, `out_dir/tensorboard/`.
     - Progress bar on stderr (`run_command` sends stdout to stderr while the command runs).
+    - `devices` per node, `num_nodes`, `strategy` ("auto", "ddp" or "fsdp"): Lightning's own
+      strategies launch and connect the processes (its launcher re-runs the command once per extra
+      device; under torchrun or SLURM it joins the processes those started). Only global rank 0
+      writes metrics and checkpoints; see `is_global_zero` for the files a CLI writes itself.
     """
+    import warnings
+
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
+    # Lightning only knows stateful DataLoaders; our loaders restart mid-epoch through SaveLast
+    # and ResumableSampler instead, so its warning that they cannot would be wrong.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = out_dir / "metrics.csv"
-    if previous.is_file():
+    if previous.is_file() and is_global_zero():  # other ranks must not move rank 0's fresh metrics
         # CSVLogger deletes an existing metrics.csv; keep a resumed run's earlier curves beside it
         n = len(list(out_dir.glob("metrics.part*.csv")))
         os.replace(previous, out_dir / f"metrics.part{n}.csv")
@@ -222,7 +458,9 @@ def build_trainer(
     val_every = max_steps if val_every is None else min(val_every, max_steps)
     return pl.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu",
-        devices=1,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=_strategy(strategy, device),
         precision=precision_for(device),
         max_steps=max_steps,
         max_epochs=-1,
@@ -236,6 +474,9 @@ def build_trainer(
         logger=loggers,
         callbacks=all_callbacks,
         enable_checkpointing=False,  # SaveLast above owns last.ckpt
+        # training loaders shard themselves with ResumableSampler (exact resume needs an order
+        # Lightning's DistributedSampler wrapper cannot restart mid-epoch)
+        use_distributed_sampler=False,
         enable_progress_bar=progress,
         enable_model_summary=True,
         default_root_dir=str(out_dir),
@@ -404,5 +645,6 @@ def run_command(
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
         return 130
-    emit_result(result, real_stdout)
+    if result is not None:  # None: a non-zero rank of a distributed run, which prints nothing
+        emit_result(result, real_stdout)
     return 0

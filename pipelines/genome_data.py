@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader
 
 from mamba_bio.errors import BedError, WindowError
 from mamba_bio.fasta import Genome
 from mamba_bio.labelled import collate_classification, open_classification_data
 from mamba_bio.manifests import PACKAGE_DIR, fetch, local_paths
 from mamba_bio.windows import GenomeWindows, build_windows, check_intervals, read_bed, record_intervals
+from pipelines.common import resumable_loader
 
 SAMPLE_DIR = PACKAGE_DIR / "sample_data"
 
@@ -78,6 +78,14 @@ class GenomeDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.train_set = self.val_set = None
+        self._resume_position: tuple[int, int] | None = None
+
+    def resume_from(self, epoch: int, batches: int) -> None:
+        """On --resume (called by the checkpoint callback): the training loader built next skips the
+        `batches` already trained in `epoch`, and augmentation draws continue from that epoch."""
+        self._resume_position = (epoch, batches)
+        if self.train_set is not None:
+            self.train_set.epoch = epoch
 
     def prepare_data(self):
         hp = self.hparams
@@ -145,17 +153,23 @@ class GenomeDataModule(pl.LightningDataModule):
         self.train_set, self.val_set, self.genomes = train_set, val_set, genomes
 
     def train_dataloader(self):
-        return DataLoader(
+        hp = self.hparams
+        return resumable_loader(
             self.train_set,
-            batch_size=self.hparams.batch_size,
+            hp.batch_size,
+            hp.seed,
             shuffle=True,
-            drop_last=False,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
+            trainer=self.trainer,
+            position=self._resume_position,
+            num_workers=hp.num_workers,
         )
 
     def val_dataloader(self):
-        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
+        hp = self.hparams
+        # sharded across ranks too; LMModule sums the loss over ranks before taking the perplexity
+        return resumable_loader(
+            self.val_set, hp.batch_size, hp.seed, shuffle=False, trainer=self.trainer, num_workers=hp.num_workers
+        )
 
 
 class ClassificationDataModule(pl.LightningDataModule):
@@ -188,6 +202,13 @@ class ClassificationDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.source = self.train_set = self.val_set = None
+        self._resume_position: tuple[int, int] | None = None
+
+    def resume_from(self, epoch: int, batches: int) -> None:
+        """On --resume: skip the `batches` already trained in `epoch` (see GenomeDataModule.resume_from)."""
+        self._resume_position = (epoch, batches)
+        if self.train_set is not None and hasattr(self.train_set, "epoch"):
+            self.train_set.epoch = epoch
 
     def setup(self, stage: str | None = None):
         hp = self.hparams
@@ -202,17 +223,21 @@ class ClassificationDataModule(pl.LightningDataModule):
     def labels(self) -> list[str]:
         return self.source.labels
 
-    def _loader(self, dataset, shuffle: bool = False):
-        return DataLoader(
+    def _loader(self, dataset, shuffle: bool = False, position: tuple[int, int] | None = None):
+        hp = self.hparams
+        return resumable_loader(
             dataset,
-            batch_size=self.hparams.batch_size,
+            hp.batch_size,
+            hp.seed,
             shuffle=shuffle,
+            trainer=self.trainer,
+            position=position,
             collate_fn=collate_classification,
-            num_workers=self.hparams.num_workers,
+            num_workers=hp.num_workers,
         )
 
     def train_dataloader(self):
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, shuffle=True, position=self._resume_position)
 
     def val_dataloader(self):
         return self._loader(self.val_set) if self.val_set is not None else []

@@ -128,6 +128,7 @@ class LMModule(pl.LightningModule):
             on_step=stage == "train",
             on_epoch=stage != "train",
             batch_size=batch.shape[0],
+            sync_dist=stage != "train",  # validation is sharded across ranks: average over all of them
         )
         if stage != "train":
             self._val_sum += total.detach().double()
@@ -149,9 +150,13 @@ class LMModule(pl.LightningModule):
 
     def on_validation_epoch_end(self):
         # perplexity over all scored tokens of the epoch (not a mean of per-batch perplexities)
-        mean = (self._val_sum / self._val_count.clamp(min=1)).float()
-        self.log("val/ppl", torch.exp(mean), prog_bar=True)
-        self.log("val/bits_per_base", mean / math.log(2))
+        # each rank scored its shard of the windows: sum over ranks first (a no-op on one device)
+        total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
+        count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
+        mean = (total / count.clamp(min=1)).float()
+        # already equal on every rank; sync_dist only tells Lightning so (and keeps it from warning)
+        self.log("val/ppl", torch.exp(mean), prog_bar=True, sync_dist=True)
+        self.log("val/bits_per_base", mean / math.log(2), sync_dist=True)
 
     def configure_optimizers(self):
         hp = self.hparams

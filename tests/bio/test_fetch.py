@@ -137,3 +137,38 @@ def test_shipped_manifests_parse_and_bundled_samples_verify():
     result = fetch("samples", progress=False)  # bundled: verified against the manifest's sha256, no download
     assert all(f["verified"] and not f["downloaded"] for f in result["files"])
     assert len(result["files"]) == 20
+
+
+def _zip_bytes(members: dict) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_unzip_unpack_extracts_into_a_folder(server, tmp_path):
+    root, url, _ = server
+    (root / "clips.zip").write_bytes(_zip_bytes({"a/one.wav": b"RIFF1", "two.wav": b"RIFF2"}))
+    manifests = _manifest(tmp_path, [{"name": "clips.zip", "url": f"{url}/clips.zip", "unpack": "unzip"}])
+    result = fetch("toy", tmp_path / "data", progress=False, directory=manifests)
+    folder = tmp_path / "data" / "clips"
+    assert result["files"][0]["path"] == str(folder)
+    assert (folder / "a" / "one.wav").read_bytes() == b"RIFF1" and (folder / "two.wav").read_bytes() == b"RIFF2"
+
+
+def test_unzip_refuses_members_outside_the_folder(server, tmp_path):
+    root, url, _ = server
+    (root / "evil.zip").write_bytes(_zip_bytes({"../escaped.txt": b"x"}))
+    manifests = _manifest(tmp_path, [{"name": "evil.zip", "url": f"{url}/evil.zip", "unpack": "unzip"}])
+    with pytest.raises(ValueError, match="outside the folder"):
+        fetch("toy", tmp_path / "data", progress=False, directory=manifests)
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "data" / "evil").exists()
+
+
+@pytest.mark.parametrize("name", ["sc09", "youtubemix", "beethoven", "hg38", "great_apes", "samples"])
+def test_every_shipped_manifest_loads(name):
+    assert load_manifest(name).files
