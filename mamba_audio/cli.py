@@ -249,17 +249,8 @@ def pretrain(args) -> dict:
             tmp.write_text(json.dumps(payload, indent=2) + "\n")
         common.save_run_config(vars(args) | {"data": str(data_dir), "sample_rate": rate, "device": device}, out)
     meter = Throughput(warmup_steps=min(5, args.max_steps - 1))
-    trainer = common.build_trainer(
-        out,
-        device,
-        args.max_steps,
-        checkpoint_every=args.checkpoint_every or max(50, args.max_steps // 4),
-        val_every=args.val_every,
-        log_every=args.log_every,
-        callbacks=[meter],
-        devices=args.devices,
-        num_nodes=args.num_nodes,
-        strategy=args.strategy,
+    trainer = common.trainer_from_args(
+        args, out, device, checkpoint_every=args.checkpoint_every or max(50, args.max_steps // 4), callbacks=[meter]
     )
     trainer.fit(module, datamodule=data, ckpt_path=common.resume_checkpoint(out, args.resume))
     if not trainer.is_global_zero:

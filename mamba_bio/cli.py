@@ -170,12 +170,12 @@ def cmd_pretrain(args) -> dict:
 
     from core.models import MambaLM
     from pipelines.common import (
-        build_trainer,
         is_global_zero,
         resolve_device,
         resume_checkpoint,
         save_run_config,
         seed_everything,
+        trainer_from_args,
     )
     from pipelines.genome_data import GenomeDataModule
     from pipelines.lm import LMModule
@@ -210,18 +210,7 @@ def cmd_pretrain(args) -> dict:
         seq_warmup_steps=args.seq_warmup_steps,
     )
     out = Path(args.out)
-    trainer = build_trainer(
-        out,
-        device,
-        args.max_steps,
-        checkpoint_every=args.checkpoint_every,
-        val_every=args.val_every,
-        log_every=args.log_every,
-        progress=not args.no_progress,
-        devices=args.devices,
-        num_nodes=args.num_nodes,
-        strategy=args.strategy,
-    )
+    trainer = trainer_from_args(args, out, device)
     if is_global_zero():  # one writer; the other ranks run the same command line
         save_run_config(
             {
@@ -261,12 +250,12 @@ def cmd_classify_train(args) -> dict:
 
     from pipelines.classify import ClassifierModule
     from pipelines.common import (
-        build_trainer,
         is_global_zero,
         resolve_device,
         resume_checkpoint,
         save_run_config,
         seed_everything,
+        trainer_from_args,
     )
     from pipelines.genome_data import ClassificationDataModule, sample_species_table
 
@@ -302,18 +291,8 @@ def cmd_classify_train(args) -> dict:
     module = ClassifierModule(model, lr=args.lr, max_steps=args.max_steps)
     out = Path(args.out)
     has_val = data.val_set is not None
-    trainer = build_trainer(
-        out,
-        device,
-        args.max_steps,
-        checkpoint_every=args.checkpoint_every,
-        val_every=args.val_every if has_val else None,
-        limit_val_batches=1.0 if has_val else 0,
-        log_every=args.log_every,
-        progress=not args.no_progress,
-        devices=args.devices,
-        num_nodes=args.num_nodes,
-        strategy=args.strategy,
+    trainer = trainer_from_args(
+        args, out, device, val_every=args.val_every if has_val else None, limit_val_batches=1.0 if has_val else 0
     )
     if is_global_zero():  # one writer; the other ranks run the same command line
         save_run_config(

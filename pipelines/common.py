@@ -43,6 +43,7 @@ __all__ = [
     "ArgumentParser",
     "atomic_path",
     "build_trainer",
+    "trainer_from_args",
     "emit_result",
     "is_global_zero",
     "export_model",
@@ -484,6 +485,21 @@ def build_trainer(
 
 
 # ----------------------------------------------------------------------------- exports
+
+
+def trainer_from_args(args: argparse.Namespace, out_dir: str | os.PathLike, device: str, **overrides):
+    """`build_trainer` from the flags every training command shares (--max-steps, --checkpoint-every,
+    --val-every, --log-every, --no-progress, --devices, --num-nodes, --strategy); `overrides` win."""
+    kwargs = {
+        "checkpoint_every": args.checkpoint_every,
+        "val_every": args.val_every,
+        "log_every": args.log_every,
+        "progress": not getattr(args, "no_progress", False),
+        "devices": args.devices,
+        "num_nodes": args.num_nodes,
+        "strategy": args.strategy,
+    }
+    return build_trainer(out_dir, device, args.max_steps, **{**kwargs, **overrides})
 
 
 def _config_dict(config: Any) -> dict:
