@@ -83,15 +83,15 @@ def sample_logits(
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
+    candidates = None  # (B, k) vocabulary ids of the rows of `logits` after a top-k cut
     if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        # top-p then only needs the k best, already sorted: no sort over the whole vocabulary
+        logits, candidates = torch.topk(logits, top_k, dim=-1)  # (B k), descending
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
+        if candidates is None:
+            logits, candidates = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(logits, dim=-1)
         # drop a token once the mass *before* it already reaches top_p: the top token always stays
-        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        logits = logits.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, float("-inf"))
+    choice = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)  # (B 1)
+    return (choice if candidates is None else candidates.gather(-1, choice)).squeeze(-1)

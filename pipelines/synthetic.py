@@ -63,17 +63,24 @@ def induction_batch(batch: int, length: int, vocab: int, generator: torch.Genera
     return ids, targets
 
 
-def accuracy(model: MambaLM, ids: torch.Tensor, targets: torch.Tensor, batch_size: int) -> float:
-    """Fraction of target positions where the argmax prediction is right, over the whole set."""
+def accuracy(model: MambaLM, batches) -> float:
+    """Fraction of target positions where the argmax prediction is right, over all (ids, targets) batches."""
     correct = total = 0
     with torch.no_grad():
-        for i in range(0, ids.shape[0], batch_size):
-            x, y = ids[i : i + batch_size], targets[i : i + batch_size]
+        for x, y in batches:
             logits = _forward(model, x)
             mask = y != IGNORE
             correct += (logits.argmax(-1)[mask] == y[mask]).sum().item()
             total += mask.sum().item()
     return correct / total
+
+
+def fixed_set(make, size: int, batch_size: int, seed: int, device, **kwargs):
+    """The same `size` sequences on every call (seeded), made and moved one batch at a time so that a
+    set of 2^20-long sequences never sits in memory whole."""
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, size, batch_size):
+        yield (t.to(device) for t in make(min(batch_size, size - start), generator, **kwargs))
 
 
 def _forward(model: MambaLM, ids: torch.Tensor) -> torch.Tensor:
@@ -99,7 +106,7 @@ def train(args) -> dict:
         optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1)))
     )
     data_gen = torch.Generator().manual_seed(args.seed)
-    losses, start = [], time.time()
+    losses, curve, start = [], [], time.time()
     for step in range(args.steps):
         ids, targets = (t.to(device) for t in make(args.batch, data_gen))
         logits = _forward(model, ids)
@@ -112,21 +119,36 @@ def train(args) -> dict:
         losses.append(loss.item())
         if step % max(1, args.steps // 20) == 0 or step == args.steps - 1:
             print(f"step {step:6d}  loss {loss.item():.4f}  {time.time() - start:.0f}s", file=sys.stderr)
+        if args.eval_every and (step + 1) % args.eval_every == 0:
+            model.eval()
+            # a monitor set at the training length with its own seed, disjoint from the test sets
+            curve.append(
+                (step + 1, accuracy(model, fixed_set(make, args.monitor_size, args.batch, args.seed + 20_000, device)))
+            )
+            model.train()
+            print(f"step {step + 1:6d}  monitor accuracy {curve[-1][1]:.4f}", file=sys.stderr)
+            # stop once learnt (the monitor set is not the test set) or when the time budget is spent
+            if curve[-1][1] >= args.target_accuracy or (args.time_budget and time.time() - start > args.time_budget):
+                break
 
     model.eval()
-    result = {"task": args.task, "mixer": args.mixer, "steps": args.steps, "train_length": args.length,
-              "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:])}  # fmt: skip
-    eval_gen = lambda: torch.Generator().manual_seed(args.seed + 10_000)  # fixed, disjoint from training
+    seconds = time.time() - start
+    tokens = len(losses) * args.batch * (args.length + (args.n_tokens if args.task == "copying" else 0))
+    result = {"task": args.task, "mixer": args.mixer, "steps": len(losses), "max_steps": args.steps,
+              "train_length": args.length, "batch": args.batch, "lr": args.lr, "device": str(device),
+              "train_seconds": round(seconds, 1), "train_tokens_per_s": round(tokens / seconds),
+              "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+              "monitor_curve": curve}  # fmt: skip
+    test_seed = args.seed + 10_000  # fixed, disjoint from training
     if args.task == "copying":
-        ids, targets = make(args.eval_size, eval_gen())
-        result["accuracy"] = accuracy(model, ids.to(device), targets.to(device), args.batch)
+        result["accuracy"] = accuracy(model, fixed_set(make, args.eval_size, args.batch, test_seed, device))
     else:
         per_length = {}
         for length in args.eval_lengths:
             # long sequences: fewer per batch, the same number of evaluated sequences
             batch = max(1, min(args.batch, args.eval_tokens_per_batch // length))
-            ids, targets = make(args.eval_size, eval_gen(), length)
-            per_length[str(length)] = accuracy(model, ids.to(device), targets.to(device), batch)
+            test_set = fixed_set(make, args.eval_size, batch, test_seed, device, length=length)
+            per_length[str(length)] = accuracy(model, test_set)
             print(f"eval length {length}: accuracy {per_length[str(length)]:.4f}", file=sys.stderr)
         result["accuracy_by_length"] = per_length
         if args.out:
@@ -171,6 +193,10 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--eval-size", type=int, default=512, help="sequences in each fixed evaluation set")
+    p.add_argument("--eval-every", type=int, default=0, help="steps between monitor evaluations (0: none)")
+    p.add_argument("--monitor-size", type=int, default=256, help="sequences in the monitor set (training length)")
+    p.add_argument("--target-accuracy", type=float, default=1.01, help="stop when the monitor accuracy reaches it")
+    p.add_argument("--time-budget", type=float, default=0, help="stop training after this many seconds (0: none)")
     p.add_argument("--eval-lengths", type=int, nargs="+", default=[2**k for k in range(6, 21)])
     p.add_argument("--eval-tokens-per-batch", type=int, default=2**22)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -22,6 +22,7 @@ from core.generation import GraphedStep, InferenceCache, sample_logits
 from core.modules.lti import MambaLTI
 from core.modules.mamba import Mamba
 from core.modules.norm import RMSNorm
+from core.ops import add_rms_norm
 
 
 @dataclass
@@ -58,8 +59,11 @@ def make_norm(config: MambaConfig) -> nn.Module:
     return nn.LayerNorm(config.d_model, eps=config.norm_epsilon)
 
 
-def add_norm(norm: nn.Module, hidden, residual, residual_in_fp32: bool):
-    """residual += hidden, then hidden = norm(residual); the residual stream optionally kept in fp32."""
+def add_norm(norm: nn.Module, hidden, residual, residual_in_fp32: bool, backend: str = "auto"):
+    """residual += hidden, then hidden = norm(residual); the residual stream optionally kept in fp32.
+    RMSNorm outside autograd on CUDA is one fused kernel (`core.ops.add_rms_norm`)."""
+    if isinstance(norm, RMSNorm):
+        return add_rms_norm(hidden, residual, norm.weight, norm.eps, residual_in_fp32, backend=backend)
     residual = hidden if residual is None else hidden + residual
     hidden = norm(residual.to(norm.weight.dtype))
     return hidden, residual.float() if residual_in_fp32 else residual
@@ -71,6 +75,7 @@ class Block(nn.Module):
     def __init__(self, config: MambaConfig):
         super().__init__()
         self.residual_in_fp32 = config.residual_in_fp32
+        self.backend = config.backend
         self.checkpoint_mixer = config.checkpoint_mixer
         self.norm = make_norm(config)
         size = {"d_state": config.d_state, "d_conv": config.d_conv, "expand": config.expand}
@@ -82,7 +87,7 @@ class Block(nn.Module):
             raise ValueError(f"MambaConfig.mixer must be 'mamba', 'lti' or 'lti_complex'; got {config.mixer!r}")
 
     def _add_norm(self, hidden, residual):
-        return add_norm(self.norm, hidden, residual, self.residual_in_fp32)
+        return add_norm(self.norm, hidden, residual, self.residual_in_fp32, self.backend)
 
     def forward(self, hidden, residual=None, cache=None, seq_idx=None):
         """hidden, residual: (B, L, D) -> (mixer output, residual)."""
@@ -103,10 +108,10 @@ class MambaBackbone(nn.Module):
         self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = make_norm(config)
+        self.backend = config.backend
 
     def _final(self, hidden, residual):
-        residual = hidden + residual
-        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+        return add_norm(self.norm_f, hidden, residual, False, self.backend)[0]
 
     def forward(
         self, input_ids: torch.Tensor, cache: InferenceCache | None = None, seq_idx: torch.Tensor | None = None

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from core.ops import selective_scan, selective_state_update
+from core.ops import causal_conv1d_step, selective_scan, selective_state_update
 
 
 def _channel_major(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -149,12 +149,20 @@ class Mamba(nn.Module):
 
     def _conv_step(self, x: torch.Tensor, cache: MambaCache) -> torch.Tensor:
         """One position of the causal conv, then silu: x (B, E) -> (B, E); shifts cache.conv_state in place."""
-        cache.conv_state.copy_(torch.roll(cache.conv_state, shifts=-1, dims=-1))
-        cache.conv_state[:, :, -1] = x.to(cache.conv_state.dtype)
-        x = (cache.conv_state * self.conv1d.weight.squeeze(1)).sum(-1).to(x.dtype)  # (B E)
-        if self.conv1d.bias is not None:
-            x = x + self.conv1d.bias
-        return F.silu(x)
+        bias = self.conv1d.bias
+        return causal_conv1d_step(cache.conv_state, x, self.conv1d.weight.squeeze(1), bias, backend=self.backend)
+
+    def _step_constants(self):
+        """A = -exp(A_log), D and the dt bias in float32 for `step`. Outside autograd they are
+        computed once per parameter version and reused: in a captured decoding graph they would
+        otherwise be ~5 kernels per layer per token for values that do not change."""
+        params = (self.A_log, self.D, self.dt_proj.bias)
+        if torch.is_grad_enabled():
+            return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        if getattr(self, "_step_cache", (None,))[0] != key:
+            self._step_cache = (key, -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float())
+        return self._step_cache[1:]
 
     def _ssm_params(self, x: torch.Tensor):
         """x (..., E) -> dt (..., E) before bias/softplus, B and C (..., N)."""
@@ -208,8 +216,6 @@ class Mamba(nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B E) each
         x = self._conv_step(x, cache)
         dt, B, C = self._ssm_params(x)
-        A = -torch.exp(self.A_log.float())
-        y = selective_state_update(
-            cache.ssm_state, x, dt, A, B, C, self.D.float(), z, dt_bias=self.dt_proj.bias.float(), dt_softplus=True
-        )
+        A, D, dt_bias = self._step_constants()
+        y = selective_state_update(cache.ssm_state, x, dt, A, B, C, D, z, dt_bias=dt_bias, dt_softplus=True)
         return self.out_proj(y)

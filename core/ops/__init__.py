@@ -10,13 +10,22 @@
 
 from __future__ import annotations
 
+import torch
+
 from .checks import check_scan_args, check_step_args
-from .reference import selective_scan_ref, selective_state_update_ref
+from .reference import (
+    add_rms_norm_ref,
+    causal_conv1d_step_ref,
+    selective_scan_ref,
+    selective_state_update_ref,
+)
 
 BACKENDS = ("auto", "ref", "cpu", "triton")
 
 __all__ = [
     "BACKENDS",
+    "add_rms_norm",
+    "causal_conv1d_step",
     "selective_scan",
     "selective_scan_ref",
     "selective_state_update",
@@ -49,6 +58,14 @@ def _load_step_triton():
     except ModuleNotFoundError as err:
         raise _missing_triton(err) from err
     return selective_state_update_triton
+
+
+def _load_fused_triton():
+    try:
+        from . import triton_fused
+    except ModuleNotFoundError as err:
+        raise _missing_triton(err) from err
+    return triton_fused
 
 
 def resolve_backend(backend: str, is_cuda: bool) -> str:
@@ -109,3 +126,27 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     if state.is_cuda:
         return _load_step_triton()(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+def _fused(backend: str, t) -> bool:
+    """Whether an inference helper takes its fused Triton kernel: CUDA tensors (or backend "triton",
+    for the interpreter in CI) outside autograd, which the kernels do not implement."""
+    return resolve_backend(backend, t.is_cuda) == "triton" and not torch.is_grad_enabled()
+
+
+def add_rms_norm(hidden, residual, weight, eps: float, residual_in_fp32: bool, backend: str = "auto"):
+    """residual = hidden + residual (or hidden if None), normed = RMSNorm(residual): (normed, residual).
+
+    hidden, residual: (..., D)   weight: (D,). One Triton kernel on CUDA without autograd, else torch ops.
+    """
+    if _fused(backend, hidden):
+        return _load_fused_triton().add_rms_norm_triton(hidden, residual, weight, eps, residual_in_fp32)
+    return add_rms_norm_ref(hidden, residual, weight, eps, residual_in_fp32)
+
+
+def causal_conv1d_step(conv_state, x, weight, bias=None, backend: str = "auto"):
+    """One causal depthwise conv position then silu: conv_state (B, E, K) shifted in place, x (B, E),
+    weight (E, K), bias (E,) -> (B, E). One Triton kernel on CUDA without autograd, else torch ops."""
+    if _fused(backend, x):
+        return _load_fused_triton().causal_conv1d_step_triton(conv_state, x, weight, bias)
+    return causal_conv1d_step_ref(conv_state, x, weight, bias)

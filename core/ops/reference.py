@@ -122,3 +122,34 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     if z is not None:
         y = y * F.silu(z.to(dtype))
     return y.to(x.dtype)
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis, statistics in float32; x's dtype out.
+    float32 statistics: a bf16 mean of squares over 768+ channels loses ~3 digits."""
+    x_f = x.float()
+    y = x_f * torch.rsqrt(x_f.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * weight.float()).to(x.dtype)
+
+
+def add_rms_norm_ref(hidden, residual, weight, eps: float, residual_in_fp32: bool):
+    """The pre-norm block's entry: residual += hidden (residual None: residual = hidden), then
+    normed = rms_norm(residual in weight's dtype). hidden, residual: (..., D).
+    Returns (normed in weight's dtype, residual; float32 if residual_in_fp32)."""
+    residual = hidden if residual is None else hidden + residual
+    normed = rms_norm_ref(residual.to(weight.dtype), weight, eps)
+    return normed, residual.float() if residual_in_fp32 else residual
+
+
+def causal_conv1d_step_ref(conv_state, x, weight, bias=None):
+    """One position of the causal depthwise conv, then silu.
+
+    conv_state: (B, E, K) the last K inputs, oldest first; shifted left in place and x appended.
+    x: (B, E)   weight: (E, K)   bias: (E,) or None.   Returns silu(conv) (B, E) in x's dtype.
+    """
+    conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+    conv_state[:, :, -1] = x.to(conv_state.dtype)
+    out = (conv_state * weight).sum(-1).to(x.dtype)  # (B E)
+    if bias is not None:
+        out = out + bias
+    return F.silu(out)

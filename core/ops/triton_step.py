@@ -29,11 +29,17 @@ def _selective_state_update_kernel(
     C_ptr,  # (batch, groups, N)
     D_ptr,
     bias_ptr,  # (dim,)
-    y_ptr,  # (batch, dim)
+    y_ptr,  # (batch, dim), contiguous
     dim,
     d_state,
     group_dim,
-    groups,
+    x_stride,
+    dt_stride,
+    z_stride,  # batch strides of x, dt, z (their channel stride is 1)
+    b_stride,
+    b_group_stride,
+    c_stride,
+    c_group_stride,  # batch and group strides of B and C (their state stride is 1)
     BD: tl.constexpr,
     NP: tl.constexpr,
     HAS_D: tl.constexpr,
@@ -48,27 +54,28 @@ def _selective_state_update_kernel(
     offs_n = tl.arange(0, NP)
     d_mask = offs_d < dim
     mask = d_mask[:, None] & (offs_n < d_state)[None, :]
-    row = pid_b.to(tl.int64) * dim + offs_d  # (BD,)
+    batch = pid_b.to(tl.int64)
+    row = batch * dim + offs_d  # (BD,)
     state_offs = row[:, None] * d_state + offs_n[None, :]  # (BD, NP)
     h = tl.load(state_ptr + state_offs, mask=mask, other=0.0).to(ACC)
-    x = tl.load(x_ptr + row, mask=d_mask, other=0.0).to(ACC)
-    dt = tl.load(dt_ptr + row, mask=d_mask, other=0.0).to(ACC)
+    x = tl.load(x_ptr + batch * x_stride + offs_d, mask=d_mask, other=0.0).to(ACC)
+    dt = tl.load(dt_ptr + batch * dt_stride + offs_d, mask=d_mask, other=0.0).to(ACC)
     if HAS_BIAS:
         dt += tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(ACC)
     if SOFTPLUS:
         dt = tl.where(dt > 20.0, dt, tl.where(dt < -15.0, tl.exp(dt), tl.log(1.0 + tl.exp(dt))))
     A = tl.load(A_ptr + offs_d[:, None] * d_state + offs_n[None, :], mask=mask, other=0.0).to(ACC)
     # channel d reads group d // group_dim
-    bc_offs = (pid_b.to(tl.int64) * groups + offs_d // group_dim)[:, None] * d_state + offs_n[None, :]
-    Bm = tl.load(B_ptr + bc_offs, mask=mask, other=0.0).to(ACC)
-    Cm = tl.load(C_ptr + bc_offs, mask=mask, other=0.0).to(ACC)
+    group = (offs_d // group_dim)[:, None]
+    Bm = tl.load(B_ptr + batch * b_stride + group * b_group_stride + offs_n[None, :], mask=mask, other=0.0).to(ACC)
+    Cm = tl.load(C_ptr + batch * c_stride + group * c_group_stride + offs_n[None, :], mask=mask, other=0.0).to(ACC)
     h = h * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * Bm
     tl.store(state_ptr + state_offs, h.to(state_ptr.dtype.element_ty), mask=mask)
     y = tl.sum(h * Cm, axis=1)  # (BD,)
     if HAS_D:
         y += tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(ACC) * x
     if HAS_Z:
-        z = tl.load(z_ptr + row, mask=d_mask, other=0.0).to(ACC)
+        z = tl.load(z_ptr + batch * z_stride + offs_d, mask=d_mask, other=0.0).to(ACC)
         y *= z / (1.0 + tl.exp(-z))
     tl.store(y_ptr + row, y.to(y_ptr.dtype.element_ty), mask=d_mask)
 
@@ -99,10 +106,14 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
         B = B.repeat_interleave(groups // B.shape[1], dim=1)
         C = C.repeat_interleave(groups // C.shape[1], dim=1)
     groups = B.shape[1]
-    x, dt, A, B, C = (t.contiguous() for t in (x, dt, A, B, C))
-    D, z, dt_bias = (None if t is None else t.contiguous() for t in (D, z, dt_bias))
+    # row-strided views (x, z from one in_proj output; B, C from one x_proj output) are read in
+    # place: a copy would be one more kernel per layer per decoded token
+    x, dt, B, C = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, dt, B, C))
+    z = z if z is None or z.stride(-1) == 1 else z.contiguous()
+    A = A.contiguous()
+    D, dt_bias = (None if t is None else t.contiguous() for t in (D, dt_bias))
     acc = compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)
-    y = torch.empty_like(x)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     NP = max(2, triton.next_power_of_2(d_state))
     # ~4K state elements per program: enough loads in flight without spilling registers
     BD = max(1, min(triton.next_power_of_2(dim), 4096 // NP))
@@ -121,7 +132,13 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
         dim,
         d_state,
         dim // groups,
-        groups,
+        x.stride(0),
+        dt.stride(0),
+        z.stride(0) if z is not None else 0,
+        B.stride(0),
+        B.stride(1),
+        C.stride(0),
+        C.stride(1),
         BD=BD,
         NP=NP,
         HAS_D=D is not None,
