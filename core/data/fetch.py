@@ -11,6 +11,7 @@ point is finished by running it again, and a checksum mismatch deletes the bad d
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from . import archive
@@ -36,12 +37,17 @@ def _fetch_file(item: ManifestFile, dest_dir: Path, timeout: float, progress: bo
     return target, digest, True
 
 
-def _unpack(item: ManifestFile, target: Path) -> Path:
+def _unpack(item: ManifestFile, target: Path, progress: bool) -> Path:
     """Unpack `target` as the manifest says (once); return what the user should open."""
     final = target.parent / item.final_name
-    if item.unpack == "gunzip" and not final.is_file():
+    done = final.is_file() if item.unpack == "gunzip" else final.is_dir()
+    if done:
+        return final
+    if progress:
+        print(f"{item.unpack} {target} -> {final}", file=sys.stderr, flush=True)
+    if item.unpack == "gunzip":
         archive.gunzip(target, final)
-    elif item.unpack in archive.UNPACKERS and not final.is_dir():
+    else:
         archive.UNPACKERS[item.unpack](target, final, item.extract)
     return final
 
@@ -74,7 +80,7 @@ def fetch_manifest(
             digest, path = verify(target, item.size, item.sha256, str(target)), target
         else:
             target, digest, downloaded = _fetch_file(item, dest_dir, timeout, progress)
-            path = _unpack(item, target) if item.unpack else target
+            path = _unpack(item, target, progress) if item.unpack else target
         results.append(
             {
                 "name": item.name,
