@@ -8,6 +8,7 @@ Ctrl-C) leaves the `.part` file, and the next call continues from its size.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import sys
 import urllib.error
 import urllib.request
@@ -75,7 +76,7 @@ def download(url: str, part: Path, timeout: float = 60.0, progress: bool = True)
                     out.write(chunk)
                     if bar:
                         bar.update(len(chunk))
-        except (TimeoutError, ConnectionError) as err:  # keep the .part: the next call resumes it
+        except (TimeoutError, ConnectionError, http.client.HTTPException) as err:  # keep .part: the next call resumes
             raise OSError(f"{url}: download interrupted ({err}); run fetch again to resume") from err
         finally:
             if bar:
