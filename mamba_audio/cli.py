@@ -1,7 +1,9 @@
-"""`mamba-audio`: pretrain, evaluate and sample SaShiMi-style Mamba models on raw mu-law audio.
+"""`mamba-audio`: fetch data, pretrain, evaluate and sample SaShiMi-style Mamba models on raw 8-bit audio.
 
     mamba-audio pretrain --out runs/speech                     # bundled 8 kHz speech clips
+    mamba-audio fetch sc09                                     # JSON "data": the folder for --data
     mamba-audio pretrain --data clips/ --sample-rate 16000 --length 16000 --max-steps 5000 --out runs/sc09
+    mamba-audio pretrain --data beethoven/ --quantization linear --mode windows --length 16000 --out runs/bt
     mamba-audio bpb --checkpoint runs/speech --data clips/ --lengths 256,1024,4096 --out runs/speech/bpb
     mamba-audio generate --checkpoint runs/speech --num 4 --seconds 1 --out runs/speech/samples
 
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import mulaw
+from . import quantize
 from .errors import AudioDatasetError, CheckpointError
 
 SAMPLE_DATA = Path(__file__).resolve().parent / "sample_data"
@@ -49,7 +51,7 @@ def _str_list(text: str) -> list[str]:
 def build_parser():
     from pipelines.common import ArgumentParser
 
-    parser = ArgumentParser(prog=PROG, description="Mamba / SaShiMi models of raw mu-law audio")
+    parser = ArgumentParser(prog=PROG, description="Mamba / SaShiMi models of raw 8-bit (mu-law or linear) audio")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
@@ -89,10 +91,17 @@ def build_parser():
     )
     p.add_argument("--lti-complex", action="store_true", help="LTI stages use complex S4D-Lin A (default real)")
     p.add_argument(
+        "--quantization",
+        default=quantize.DEFAULT,
+        choices=list(quantize.QUANTIZERS),
+        help="8-bit classes: mulaw (SaShiMi's default) or linear (SaShiMi's Beethoven); stored in the checkpoint",
+    )
+    p.add_argument(
         "--split",
         type=lambda s: tuple(float(v) for v in s.split(",")),
         default=(0.88, 0.06, 0.06),
-        help="train,valid,test fractions of the files",
+        help="train,valid,test fractions of the files (ignored for a folder with validation_list.txt "
+        "and testing_list.txt: those lists split it, as in Speech Commands / SC09)",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between last.ckpt saves")
@@ -110,7 +119,8 @@ def build_parser():
         "--split",
         default="all",
         choices=["all", "train", "valid", "test"],
-        help="evaluate one split of the folder (same seed and fractions as pretrain) or all files",
+        help="evaluate one split of the folder (its split lists if it has them, else pretrain's seed and "
+        "fractions) or all files",
     )
     p.add_argument("--length", type=int, default=None, help="samples per example (default: the training length)")
     p.add_argument("--mode", default=None, choices=["clips", "windows"], help="default: the training mode")
@@ -133,6 +143,11 @@ def build_parser():
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--prompt", default=None, help="wav to continue (resampled to the model rate)")
     p.add_argument("--out", required=True)
+
+    p = sub.add_parser("fetch", help="download, verify and unpack a data set of data_manifests (sc09, ...)")
+    p.add_argument("name", help="manifest name: sc09, youtubemix, beethoven")
+    p.add_argument("--dest", default=None, help="download folder (default: $MAMBA_AUDIO_DATA/NAME or ~/.cache)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server")
     return parser
 
 
@@ -193,12 +208,25 @@ def _load(checkpoint: str, device: str):
     return model.to(device).eval(), info
 
 
-def _config_payload(config, sample_rate_hz: int, length_samples: int, mode: str) -> dict:
+def _config_payload(config, sample_rate_hz: int, length_samples: int, mode: str, quantization: str) -> dict:
     payload = dataclasses.asdict(config)
     payload.update(
-        task="audio-ar", sample_rate_hz=sample_rate_hz, length_samples=length_samples, mode=mode, encoding="mulaw8"
+        task="audio-ar",
+        sample_rate_hz=sample_rate_hz,
+        length_samples=length_samples,
+        mode=mode,
+        quantization=quantization,
+        encoding=quantize.ENCODING_NAMES[quantization],
     )
     return payload
+
+
+def _quantization(info: dict, checkpoint: str) -> str:
+    """The quantiser a checkpoint was trained with (mu-law for checkpoints older than the field)."""
+    name = info.get("quantization", quantize.DEFAULT)
+    if name not in quantize.QUANTIZERS:
+        raise CheckpointError(f"{checkpoint}: config.json has unknown quantization {name!r}")
+    return name
 
 
 # ----------------------------------------------------------------------------- commands
@@ -206,7 +234,7 @@ def _config_payload(config, sample_rate_hz: int, length_samples: int, mode: str)
 
 def pretrain(args) -> dict:
     from core.models.sashimi import Sashimi, SashimiConfig
-    from mamba_audio.datasets import unigram_entropy_bits
+    from mamba_audio.datasets import split_method, unigram_entropy_bits
     from mamba_audio.generation import bits_per_sample
     from pipelines import common
     from pipelines.audio import AudioDataModule, AudioLM, Throughput
@@ -237,13 +265,22 @@ def pretrain(args) -> dict:
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be >= 1; got {args.checkpoint_every}")
     common.seed_everything(args.seed)
-    data = AudioDataModule(str(data_dir), rate, args.length, args.mode, args.batch_size, args.split, args.seed)
+    data = AudioDataModule(
+        str(data_dir),
+        rate,
+        args.length,
+        args.mode,
+        args.batch_size,
+        args.split,
+        args.seed,
+        quantization=args.quantization,
+    )
     data.setup("fit")  # read and split now: bad files fail before any output is written
     model = Sashimi(config)
     module = AudioLM(model, learning_rate=args.lr, max_steps=args.max_steps, warmup_steps=min(20, args.max_steps // 10))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    payload = _config_payload(config, rate, args.length, args.mode)
+    payload = _config_payload(config, rate, args.length, args.mode, args.quantization)
     if common.is_global_zero():  # one writer; the other ranks run the same command line
         with common.atomic_path(out / "config.json") as tmp:  # lets bpb/generate read last.ckpt
             tmp.write_text(json.dumps(payload, indent=2) + "\n")
@@ -269,6 +306,8 @@ def pretrain(args) -> dict:
         "valid_samples": n_valid,
         "train_files": len(data.splits["train"].files),
         "valid_files": len(data.splits["valid"].files),
+        "split_method": split_method(data_dir),
+        "quantization": args.quantization,
         "skipped_files": data.summary.n_skipped,
         "sample_rate_hz": rate,
         "length_samples": args.length,
@@ -285,7 +324,7 @@ def pretrain(args) -> dict:
 def bpb(args) -> dict:
     from torch.utils.data import DataLoader
 
-    from mamba_audio.datasets import AudioWindows, folder_splits, unigram_entropy_bits
+    from mamba_audio.datasets import AudioWindows, folder_splits, split_method, unigram_entropy_bits
     from mamba_audio.generation import bits_per_sample, bits_per_sample_by_context
     from mamba_audio.io import ReadSummary, list_audio_files
     from pipelines import common
@@ -295,6 +334,7 @@ def bpb(args) -> dict:
     rate = int(info["sample_rate_hz"])
     length = args.length or int(info["length_samples"])
     mode = args.mode or info.get("mode", "clips")
+    quantization = _quantization(info, args.checkpoint)
     total_pool = model.config.total_pool
     for value in [length] + (args.lengths or []):
         if value % total_pool:
@@ -306,9 +346,10 @@ def bpb(args) -> dict:
     data_dir = _data_dir(args.data)
     summary = ReadSummary()
     if args.split == "all":
-        dataset = AudioWindows(list_audio_files(data_dir), rate, length, mode, summary)
+        dataset = AudioWindows(list_audio_files(data_dir), rate, length, mode, summary, quantization)
     else:
-        dataset = folder_splits(data_dir, rate, length, mode, seed=args.seed, summary=summary)[args.split]
+        splits = folder_splits(data_dir, rate, length, mode, seed=args.seed, summary=summary, quantization=quantization)
+        dataset = splits[args.split]
     if len(dataset) == 0:
         raise AudioDatasetError(f"no readable audio in {data_dir} (split {args.split})")
     batches = list(DataLoader(dataset, batch_size=args.batch_size))
@@ -321,6 +362,8 @@ def bpb(args) -> dict:
         "n_files": len(dataset.files),
         "skipped_files": summary.n_skipped,
         "split": args.split,
+        "split_method": "all" if args.split == "all" else split_method(data_dir),
+        "quantization": quantization,
         "sample_rate_hz": rate,
         "length_samples": length,
     }
@@ -370,10 +413,11 @@ def generate(args) -> dict:
     device = common.resolve_device(args.device)
     model, info = _load(args.checkpoint, device)
     rate = int(info["sample_rate_hz"])
+    quantizer = quantize.quantizer(_quantization(info, args.checkpoint))  # decode as the model was trained
     length = int(round(args.seconds * rate))
     prompt = None
     if args.prompt:
-        prompt = mulaw.encode(torch.from_numpy(io.read(args.prompt, rate)))
+        prompt = quantizer.encode(torch.from_numpy(io.read(args.prompt, rate)))
     batch = args.batch_size or args.num
     generator = torch.Generator(device=device).manual_seed(args.seed)
     common.seed_everything(args.seed)
@@ -388,7 +432,7 @@ def generate(args) -> dict:
             prompt=prompt,
             generator=generator,
         )
-        clips.append(mulaw.decode(tokens).cpu().numpy())
+        clips.append(quantizer.decode(tokens).cpu().numpy())
         wall_s += seconds
     audio = np.concatenate(clips)
     # write everything into a temporary folder first: a failed run leaves no partial set of files
@@ -409,6 +453,7 @@ def generate(args) -> dict:
         "num": args.num,
         "seconds": length / rate,
         "sample_rate_hz": rate,
+        "quantization": info.get("quantization", quantize.DEFAULT),
         "prompt_seconds": 0.0 if prompt is None else round(prompt.shape[0] / rate, 3),
         "wall_s": round(wall_s, 3),
         # real-time factor: compute seconds per second of audio produced (< 1 is faster than real time)
@@ -421,13 +466,31 @@ def generate(args) -> dict:
     }
 
 
-COMMANDS = {"pretrain": pretrain, "bpb": bpb, "generate": generate}
+def fetch(args) -> dict:
+    from mamba_audio.manifests import fetch as fetch_data
+
+    dest = Path(args.dest) if args.dest else None
+    created = dest is not None and not dest.exists()
+    try:
+        result = fetch_data(args.name, dest, timeout=args.timeout)
+    except BaseException:
+        # a folder this run made and left empty is removed; a partial .part download is kept to resume
+        if created and dest.is_dir() and not any(dest.iterdir()):
+            dest.rmdir()
+        raise
+    return {"command": "fetch", **result}
+
+
+COMMANDS = {"pretrain": pretrain, "bpb": bpb, "generate": generate, "fetch": fetch}
 
 
 def main(argv: list[str] | None = None) -> int:
     from pipelines.common import run_command
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or a bad argument (already reported in one line)
+        return int(exit_.code or 0)
     out = getattr(args, "out", None)
     # `bpb` writes into an existing run folder by choice; only pretrain/generate own theirs
     return run_command(

@@ -1,14 +1,19 @@
-"""Audio data sets of mu-law token windows: folder -> files split by file -> clips -> windows -> tokens.
+"""Audio data sets of 8-bit token windows: folder -> files split by file -> clips -> windows -> tokens.
 
 Two ways to cut clips into fixed-length examples of `length_samples`:
 - "clips" (SC09-like): one example per file, zero-padded at the end or cropped to the length;
 - "windows" (YouTubeMix-like): consecutive non-overlapping windows of each long file; the tail
   shorter than a window is dropped, a file shorter than one window gives one padded window.
 
-Each example is mu-law encoded on its own (SaShiMi's per-clip scaling, padding included) and
-returned as (inputs, targets), both (L,) int64: targets are the L classes, inputs are the same
-sequence shifted right by one behind the silence class, so position t predicts sample t from
-samples < t and the first sample is predicted from silence.
+Each example is quantised on its own (mu-law by default, or linear: see `quantize`; SaShiMi's
+per-clip scaling, padding included) and returned as (inputs, targets), both (L,) int64: targets
+are the L classes, inputs are the same sequence shifted right by one behind the silence class, so
+position t predicts sample t from samples < t and the first sample is predicted from silence.
+
+Files are split into train/valid/test either by file with seeded fractions (`split_files`), or,
+for a Speech Commands / SC09 folder that holds the official `validation_list.txt` and
+`testing_list.txt`, by those lists (`sc09.list_splits`); `folder_splits` picks the lists when
+they are there.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from . import mulaw
+from . import quantize
 from .errors import AudioDatasetError, AudioReadError
 from .io import ReadSummary, list_audio_files, read
+from .sc09 import has_split_lists, list_splits
 
 MODES = ("clips", "windows")
 SPLITS = ("train", "valid", "test")
@@ -73,19 +79,19 @@ def cut_windows(clip: np.ndarray, length_samples: int) -> list[np.ndarray]:
     return [clip[i * length_samples : (i + 1) * length_samples] for i in range(n)]
 
 
-def to_example(window: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Waveform (L,) -> (inputs (L,), targets (L,)) int64 mu-law classes, inputs shifted behind silence."""
-    targets = mulaw.encode(torch.from_numpy(np.ascontiguousarray(window)))
-    inputs = torch.cat([torch.tensor([mulaw.SILENCE_CLASS]), targets[:-1]])
+def to_example(window: np.ndarray, quantization: str = quantize.DEFAULT) -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveform (L,) -> (inputs (L,), targets (L,)) int64 classes, inputs shifted behind silence."""
+    targets = quantize.quantizer(quantization).encode(torch.from_numpy(np.ascontiguousarray(window)))
+    inputs = torch.cat([torch.tensor([quantize.SILENCE_CLASS]), targets[:-1]])
     return inputs, targets
 
 
 class AudioWindows(Dataset):
-    """Fixed-length mu-law examples cut from audio files (see the module docstring for `mode`).
+    """Fixed-length quantised examples cut from audio files (see the module docstring for `mode`).
 
     files: the audio files, read at `sample_rate_hz` (mono, resampled). Unreadable files raise
     AudioReadError naming the file unless `summary` is given, in which case they are skipped
-    with a warning and recorded there.
+    with a warning and recorded there. quantization: "mulaw" or "linear" (`quantize.QUANTIZERS`).
     """
 
     def __init__(
@@ -95,12 +101,15 @@ class AudioWindows(Dataset):
         length_samples: int,
         mode: str = "clips",
         summary: ReadSummary | None = None,
+        quantization: str = quantize.DEFAULT,
     ):
+        quantize.quantizer(quantization)  # unknown names fail here, not at the first batch
         if mode not in MODES:
             raise AudioDatasetError(f"unknown mode {mode!r}; choose one of {list(MODES)}")
         if length_samples < 1:
             raise AudioDatasetError(f"length_samples must be >= 1; got {length_samples}")
         self.sample_rate_hz, self.length_samples, self.mode = sample_rate_hz, length_samples, mode
+        self.quantization = quantization
         self.windows: list[np.ndarray] = []
         self.files: list[Path] = []
         for path in files:
@@ -129,7 +138,7 @@ class AudioWindows(Dataset):
         return len(self.windows)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return to_example(self.windows[index])
+        return to_example(self.windows[index], self.quantization)
 
 
 def folder_splits(
@@ -140,17 +149,30 @@ def folder_splits(
     fractions: Sequence[float] = (0.88, 0.06, 0.06),
     seed: int = 0,
     summary: ReadSummary | None = None,
+    quantization: str = quantize.DEFAULT,
 ) -> dict[str, AudioWindows]:
-    """The three splits of an audio folder (read recursively), split by file with `seed`."""
-    parts = split_files(list_audio_files(data_dir), fractions, seed)
-    splits = {name: AudioWindows(parts[name], sample_rate_hz, length_samples, mode, summary) for name in SPLITS}
+    """The three splits of an audio folder: by its Speech Commands split lists when it has them
+    (see `split_method`), otherwise all its audio files (read recursively) split by file with
+    `fractions` and `seed`."""
+    if has_split_lists(data_dir):
+        parts = list_splits(data_dir)
+    else:
+        parts = split_files(list_audio_files(data_dir), fractions, seed)
+    splits = {
+        name: AudioWindows(parts[name], sample_rate_hz, length_samples, mode, summary, quantization) for name in SPLITS
+    }
     for name in ("train", "valid"):
         if len(splits[name]) == 0:
             raise AudioDatasetError(f"no readable audio left in the {name} split of {data_dir}")
     return splits
 
 
-def unigram_entropy_bits(targets: torch.Tensor, n_classes: int = mulaw.N_CLASSES) -> float:
+def split_method(data_dir: str | os.PathLike) -> str:
+    """How `folder_splits` splits `data_dir`: "lists" (the official Speech Commands lists) or "fractions"."""
+    return "lists" if has_split_lists(data_dir) else "fractions"
+
+
+def unigram_entropy_bits(targets: torch.Tensor, n_classes: int = quantize.N_CLASSES) -> float:
     """Entropy in bits of the empirical class distribution of `targets` (any shape).
 
     The best a context-free model could do on exactly these samples: the baseline BPB must beat.

@@ -1,9 +1,10 @@
 """Sampling waveforms from a recurrent model and measuring bits per sample.
 
 `generate` runs the model's `step` one sample at a time (optionally continuing a prompt) and
-returns mu-law classes; `bits_per_sample` and `bits_per_sample_by_context` evaluate a model on
-token windows. The model is anything with `forward(ids (B, L)) -> logits (B, L, V)`,
-`new_cache(batch)` and `step(ids (B,), cache) -> logits (B, V)` (e.g. `core.models.sashimi.Sashimi`).
+returns 8-bit classes (decode them with the quantiser the model was trained with);
+`bits_per_sample` and `bits_per_sample_by_context` evaluate a model on token windows. The model
+is anything with `forward(ids (B, L)) -> logits (B, L, V)`, `new_cache(batch)` and
+`step(ids (B,), cache) -> logits (B, V)` (e.g. `core.models.sashimi.Sashimi`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from core.generation import sample_logits
 
-from . import mulaw
+from .quantize import SILENCE_CLASS
 
 
 @torch.inference_mode()
@@ -34,13 +35,13 @@ def generate(
 ) -> torch.Tensor:
     """Sample `num` sequences of `length_samples` new classes; returns (num, length_samples) int64.
 
-    prompt: (P,) mu-law classes every sequence continues (the returned samples follow it). The
+    prompt: (P,) classes every sequence continues (the returned samples follow it). The
     model first reads silence and the prompt one step at a time, exactly as in training, where
     position t sees samples < t behind a leading silence class.
     """
     device = next(model.parameters()).device
     cache = model.new_cache(num)
-    token = torch.full((num,), mulaw.SILENCE_CLASS, dtype=torch.long, device=device)
+    token = torch.full((num,), SILENCE_CLASS, dtype=torch.long, device=device)
     prompt_len = 0 if prompt is None else int(prompt.shape[0])
     out = torch.empty(num, length_samples, dtype=torch.long, device=device)
     bar = tqdm(
@@ -101,7 +102,7 @@ def split_context(inputs: torch.Tensor, targets: torch.Tensor, context_samples: 
     B, L = targets.shape
     n = L // context_samples
     t = targets[:, : n * context_samples].reshape(B * n, context_samples)
-    i = torch.cat([torch.full_like(t[:, :1], mulaw.SILENCE_CLASS), t[:, :-1]], dim=1)
+    i = torch.cat([torch.full_like(t[:, :1], SILENCE_CLASS), t[:, :-1]], dim=1)
     return i, t
 
 

@@ -1,8 +1,11 @@
 """Exceptions raised by mamba_bio, all together, each subclassing the builtin it corresponds to.
 
 Callers may catch the specific error or the builtin; the CLIs report any of them as one line on
-stderr with exit code 2 (see `pipelines.common.run_command`).
+stderr with exit code 2 (see `pipelines.common.run_command`). The manifest and download errors
+are `core.data`'s, re-exported so `mamba_bio.errors.ChecksumError is core.data.ChecksumError`.
 """
+
+from core.data.errors import ArchiveError, ChecksumError, ManifestError, ManifestNotFoundError  # noqa: F401
 
 
 class FastaNotFoundError(FileNotFoundError):
@@ -38,18 +41,6 @@ class TableError(ValueError):
 
 class SplitError(ValueError):
     """Raised if a split name is not train, valid or test, or a requested split has no data."""
-
-
-class ManifestError(ValueError):
-    """Raised if a data manifest is malformed or names no downloadable file."""
-
-
-class ManifestNotFoundError(FileNotFoundError):
-    """Raised if `fetch NAME` names no manifest in data_manifests/."""
-
-
-class ChecksumError(ValueError):
-    """Raised if a downloaded file's size or sha256 differs from its manifest."""
 
 
 class CheckpointError(ValueError):

@@ -26,7 +26,8 @@ LN2 = math.log(2.0)
 
 
 class AudioLM(pl.LightningModule):
-    """Next-sample prediction on mu-law classes; logs `{stage}/loss` (nats) and `{stage}/bpb` (bits per sample)."""
+    """Next-sample prediction on 8-bit classes (mu-law or linear); logs `{stage}/loss` (nats) and
+    `{stage}/bpb` (bits per sample)."""
 
     def __init__(
         self,
@@ -87,7 +88,8 @@ class AudioLM(pl.LightningModule):
 
 
 class AudioDataModule(pl.LightningDataModule):
-    """An audio folder (read recursively) split by file into train/valid/test mu-law windows.
+    """An audio folder (read recursively) split into train/valid/test windows of 8-bit classes:
+    by its Speech Commands split lists when it has them (SC09), otherwise by file with fractions.
 
     Args:
         data_dir: folder of .wav/.flac/.ogg files.
@@ -95,8 +97,10 @@ class AudioDataModule(pl.LightningDataModule):
         length_samples: samples per example (a multiple of the model's total pooling factor).
         mode: "clips" (one padded/cropped example per file) or "windows" (long files cut into windows).
         batch_size: examples per batch.
-        split_fractions: train/valid/test fractions of the files.
+        split_fractions: train/valid/test fractions of the files (unused for a folder with split lists).
         seed: seed of the file split and of the training shuffle.
+        num_workers: DataLoader worker processes.
+        quantization: "mulaw" (SaShiMi's default) or "linear" (SaShiMi's Beethoven).
     """
 
     def __init__(
@@ -109,11 +113,12 @@ class AudioDataModule(pl.LightningDataModule):
         split_fractions: tuple[float, float, float] = (0.88, 0.06, 0.06),
         seed: int = 0,
         num_workers: int = 0,
+        quantization: str = "mulaw",
     ):
         super().__init__()
         self.data_dir, self.sample_rate_hz, self.length_samples = data_dir, sample_rate_hz, length_samples
         self.mode, self.batch_size, self.split_fractions = mode, batch_size, tuple(split_fractions)
-        self.seed, self.num_workers = seed, num_workers
+        self.seed, self.num_workers, self.quantization = seed, num_workers, quantization
         self.splits: dict[str, AudioWindows] | None = None
         self.summary = ReadSummary()
         self._resume_position: tuple[int, int] | None = None
@@ -133,6 +138,7 @@ class AudioDataModule(pl.LightningDataModule):
                 self.split_fractions,
                 self.seed,
                 self.summary,
+                self.quantization,
             )
 
     def _loader(self, split: str, shuffle: bool, position: tuple[int, int] | None = None) -> DataLoader:
