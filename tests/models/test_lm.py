@@ -241,11 +241,13 @@ def test_fused_triton_decoding_matches_the_torch_path():
     """backend='triton' decodes through the fused add+norm, conv-step and step kernels (the
     interpreter on CPU): logits equal the plain-torch model's at every step."""
     pytest.importorskip("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter without a GPU
     torch.manual_seed(0)
     torch_model = MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=12, d_state=8, backend="ref")).eval()
     fused = MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=12, d_state=8, backend="triton")).eval()
     fused.load_state_dict(torch_model.state_dict())
-    ids = torch.randint(0, 12, (2, 8))
+    torch_model, fused = torch_model.to(device), fused.to(device)
+    ids = torch.randint(0, 12, (2, 8), device=device)
     with torch.no_grad():
         caches = torch_model.new_cache(2), fused.new_cache(2)
         for model, cache in zip((torch_model, fused), caches):
