@@ -2,6 +2,7 @@
 
     mamba-audio pretrain --out runs/speech                     # bundled 8 kHz speech clips
     mamba-audio pretrain --data clips/ --sample-rate 16000 --length 16000 --max-steps 5000 --out runs/sc09
+    mamba-audio pretrain --pack --length 16384 --out runs/packed   # whole clips end to end, no padding
     mamba-audio bpb --checkpoint runs/speech --data clips/ --lengths 256,1024,4096 --out runs/speech/bpb
     mamba-audio generate --checkpoint runs/speech --num 4 --seconds 1 --out runs/speech/samples
 
@@ -71,6 +72,12 @@ def build_parser():
         default="clips",
         choices=["clips", "windows"],
         help="clips: one padded/cropped example per file; windows: cut long files into windows",
+    )
+    p.add_argument(
+        "--pack",
+        action="store_true",
+        help="train on whole clips packed end to end into rows of --length (no padding or cropping); "
+        "needs selective (mamba) stages; validation keeps --mode",
     )
     p.add_argument("--max-steps", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=4)
@@ -236,8 +243,16 @@ def pretrain(args) -> dict:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(args, flag)}")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be >= 1; got {args.checkpoint_every}")
+    if args.pack and "lti" in config.stage_blocks:
+        raise ValueError(
+            f"--pack needs selective stages, but --stage-blocks {','.join(config.stage_blocks)} has 'lti': "
+            "its FFT convolution cannot restart between packed clips; use mamba stages or drop --pack"
+        )
     common.seed_everything(args.seed)
-    data = AudioDataModule(str(data_dir), rate, args.length, args.mode, args.batch_size, args.split, args.seed)
+    pack_align = config.total_pool if args.pack else None
+    data = AudioDataModule(
+        str(data_dir), rate, args.length, args.mode, args.batch_size, args.split, args.seed, pack_align=pack_align
+    )
     data.setup("fit")  # read and split now: bad files fail before any output is written
     model = Sashimi(config)
     module = AudioLM(model, learning_rate=args.lr, max_steps=args.max_steps, warmup_steps=min(20, args.max_steps // 10))
@@ -279,6 +294,7 @@ def pretrain(args) -> dict:
         "checkpoint": str(weights),
         "last_ckpt": str(out / "last.ckpt"),
         "metrics_png": str(plot) if plot else None,
+        **(data.packing_stats or {}),  # with --pack: padding_fraction packed and unpacked
     }
 
 
