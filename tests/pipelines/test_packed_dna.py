@@ -105,3 +105,22 @@ def test_pack_refuses_max_shift(bio_data):
     dm = GenomeDataModule(fasta=[str(bio_data / "human_mt.fa")], length=512, pack=True, max_shift=10)
     with pytest.raises(ValueError, match="--max-shift.*--pack"):
         dm.setup("fit")
+
+
+def test_resume_continues_with_the_same_packed_rows(bio_data):
+    """A resumed run (resume_from(epoch, batches)) sees exactly the rows the uninterrupted run would."""
+
+    def make():
+        dm = GenomeDataModule(fasta=[str(bio_data / "human_mt.fa")], length=256, batch_size=2, pack=True, seed=5)
+        dm.setup("fit")
+        return dm
+
+    full = make()
+    full.train_set.epoch = 1  # what pass_epoch_to_dataset does at the start of epoch 1
+    loader = full.train_dataloader()
+    loader.sampler.set_epoch(1)
+    expected = [ids for ids, _ in loader][3]
+    resumed = make()
+    resumed.resume_from(1, 3)
+    first_ids, _ = next(iter(resumed.train_dataloader()))
+    torch.testing.assert_close(first_ids, expected)
