@@ -1,6 +1,7 @@
 """Packing variable-length records into fixed-length rows, with the `seq_idx` that keeps them apart.
 
     record lengths -> record_order(seed, epoch) -> pack(lengths, L, align, order) -> PackPlan
+    (EpochPlans does both for a data set, once per epoch)
         PackPlan.segments(row) -> (record, start, stop, offset) pieces placed in row r
         PackPlan.seq_idx(row)  -> (L,) int32, 0, 1, 2, ... one index per piece; the model resets there
 
@@ -115,6 +116,30 @@ def pack(lengths: Sequence[int], row_length: int, align: int = 1, order: Sequenc
         stop=hi - begin[owner],
         offset=lo - row * row_length,
     )
+
+
+class EpochPlans:
+    """The plan of a data set's current epoch: records re-ordered from (seed, epoch) when shuffling,
+    so each epoch packs them with other neighbours; the row count is the same every epoch.
+
+    Called with the epoch; the last plan is kept, since every item of an epoch asks for it.
+    """
+
+    def __init__(self, lengths: Sequence[int], row_length: int, align: int = 1, seed: int = 0, shuffle: bool = True):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.row_length, self.align, self.seed, self.shuffle = row_length, align, seed, shuffle
+        self._last: tuple[int, PackPlan] | None = None
+
+    def __call__(self, epoch: int) -> PackPlan:
+        if self._last is None or self._last[0] != epoch:
+            order = record_order(len(self.lengths), self.seed, epoch, self.shuffle)
+            self._last = (epoch, pack(self.lengths, self.row_length, self.align, order))
+        return self._last[1]
+
+    @property
+    def padding_fraction_unpacked(self) -> float:
+        """What tiling each record into its own padded rows would waste (see `padded_fraction`)."""
+        return padded_fraction(self.lengths, self.row_length)
 
 
 def padded_fraction(lengths: Sequence[int], row_length: int) -> float:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.packing import PackPlan, pack, padded_fraction, record_order
+from core.packing import EpochPlans, PackPlan
 
 from . import mulaw
 from .errors import AudioDatasetError, AudioReadError
@@ -178,7 +178,7 @@ class PackedClips(Dataset):
                 "(the model's total pooling factor)"
             )
         self.sample_rate_hz, self.length_samples, self.align = sample_rate_hz, length_samples, align
-        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+        self.epoch = 0  # set by the training loop (pipelines.common.pass_epoch_to_dataset)
         self.files: list[Path] = []
         self.classes: list[torch.Tensor] = []  # per clip (n,) uint8: 1 byte a sample, encoded once
         for path in files:
@@ -187,15 +187,11 @@ class PackedClips(Dataset):
                 continue
             self.files.append(Path(path))
             self.classes.append(mulaw.encode(torch.from_numpy(np.ascontiguousarray(clip))).to(torch.uint8))
-        self.lengths = np.array([c.shape[0] for c in self.classes], dtype=np.int64)
-        self._plan: tuple[int, PackPlan] | None = None
+        self._plans = EpochPlans([c.shape[0] for c in self.classes], length_samples, align, seed, shuffle)
 
     def plan(self) -> PackPlan:
         """This epoch's rows."""
-        if self._plan is None or self._plan[0] != self.epoch:
-            order = record_order(len(self.classes), self.seed, self.epoch, self.shuffle)
-            self._plan = (self.epoch, pack(self.lengths, self.length_samples, self.align, order))
-        return self._plan[1]
+        return self._plans(self.epoch)
 
     def __len__(self) -> int:
         return len(self.plan()) if self.classes else 0
@@ -208,7 +204,7 @@ class PackedClips(Dataset):
     @property
     def padding_fraction_unpacked(self) -> float:
         """The same share if each clip were tiled into its own rows of L, its last row zero-padded."""
-        return padded_fraction(self.lengths, self.length_samples)
+        return self._plans.padding_fraction_unpacked
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         plan = self.plan()

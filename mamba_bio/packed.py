@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.packing import PackPlan, pack, padded_fraction, record_order
+from core.packing import EpochPlans, PackPlan
 
 from .errors import WindowError
 from .fasta import Genome
@@ -67,19 +67,16 @@ class PackedRecords(Dataset):
         shuffle: bool = True,
     ):
         self.genomes, self.records = list(genomes), list(records)
-        self.length, self.rc_prob, self.seed, self.shuffle = length, rc_prob, seed, shuffle
-        self.lengths = np.array([len(iv) for _, iv in self.records], dtype=np.int64)
-        if self.lengths.sum() == 0:
+        self.length, self.rc_prob, self.seed = length, rc_prob, seed
+        lengths = [len(iv) for _, iv in self.records]
+        if sum(lengths) == 0:
             raise WindowError("no sequence to pack: every interval is empty")
-        self.epoch = 0
-        self._plan: tuple[int, PackPlan] | None = None
+        self.epoch = 0  # set by the training loop (pipelines.common.pass_epoch_to_dataset)
+        self._plans = EpochPlans(lengths, length, seed=seed, shuffle=shuffle)
 
     def plan(self) -> PackPlan:
         """This epoch's rows (the row count is the same every epoch: only the order changes)."""
-        if self._plan is None or self._plan[0] != self.epoch:
-            order = record_order(len(self.records), self.seed, self.epoch, self.shuffle)
-            self._plan = (self.epoch, pack(self.lengths, self.length, order=order))
-        return self._plan[1]
+        return self._plans(self.epoch)
 
     def __len__(self) -> int:
         return len(self.plan())
@@ -92,7 +89,7 @@ class PackedRecords(Dataset):
     @property
     def padding_fraction_unpacked(self) -> float:
         """The same share if each interval were tiled into its own rows of L, its last row padded."""
-        return padded_fraction(self.lengths, self.length)
+        return self._plans.padding_fraction_unpacked
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         plan = self.plan()
