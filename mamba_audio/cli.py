@@ -4,6 +4,7 @@
     mamba-audio fetch sc09                                     # JSON "data": the folder for --data
     mamba-audio pretrain --data clips/ --sample-rate 16000 --length 16000 --max-steps 5000 --out runs/sc09
     mamba-audio pretrain --data beethoven/ --quantization linear --mode windows --length 16000 --out runs/bt
+    mamba-audio pretrain --pack --length 16384 --out runs/packed   # whole clips end to end, no padding
     mamba-audio bpb --checkpoint runs/speech --data clips/ --lengths 256,1024,4096 --out runs/speech/bpb
     mamba-audio generate --checkpoint runs/speech --num 4 --seconds 1 --out runs/speech/samples
 
@@ -73,6 +74,12 @@ def build_parser():
         default="clips",
         choices=["clips", "windows"],
         help="clips: one padded/cropped example per file; windows: cut long files into windows",
+    )
+    p.add_argument(
+        "--pack",
+        action="store_true",
+        help="train on whole clips packed end to end into rows of --length (no padding or cropping); "
+        "needs selective (mamba) stages; validation keeps --mode",
     )
     p.add_argument("--max-steps", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=4)
@@ -264,7 +271,13 @@ def pretrain(args) -> dict:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(args, flag)}")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be >= 1; got {args.checkpoint_every}")
+    if args.pack and "lti" in config.stage_blocks:
+        raise ValueError(
+            f"--pack needs selective stages, but --stage-blocks {','.join(config.stage_blocks)} has 'lti': "
+            "its FFT convolution cannot restart between packed clips; use mamba stages or drop --pack"
+        )
     common.seed_everything(args.seed)
+    pack_align = config.total_pool if args.pack else None
     data = AudioDataModule(
         str(data_dir),
         rate,
@@ -274,6 +287,7 @@ def pretrain(args) -> dict:
         args.split,
         args.seed,
         quantization=args.quantization,
+        pack_align=pack_align,
     )
     data.setup("fit")  # read and split now: bad files fail before any output is written
     model = Sashimi(config)
@@ -318,6 +332,7 @@ def pretrain(args) -> dict:
         "checkpoint": str(weights),
         "last_ckpt": str(out / "last.ckpt"),
         "metrics_png": str(plot) if plot else None,
+        **(data.packing_stats or {}),  # with --pack: padding_fraction packed and unpacked
     }
 
 

@@ -14,6 +14,13 @@ Files are split into train/valid/test either by file with seeded fractions (`spl
 for a Speech Commands / SC09 folder that holds the official `validation_list.txt` and
 `testing_list.txt`, by those lists (`sc09.list_splits`); `folder_splits` picks the lists when
 they are there.
+
+A third way, `PackedClips`, neither pads nor crops: whole clips (each quantised on its own) are
+laid end to end into rows of L (core.packing) with a `seq_idx` per row; a clip that does not
+fit continues at the start of the next row. Each piece is its own sequence, again starting from
+silence, so no input ever comes from another clip and no target needs dropping at a boundary.
+Pieces start at multiples of `align` (the model's total pooling factor); the few positions that
+pad a clip up to one, and the end of the last row, have target IGNORE_INDEX.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from core.packing import EpochPlans, PackPlan
+
 from . import quantize
 from .errors import AudioDatasetError, AudioReadError
 from .io import ReadSummary, list_audio_files, read
@@ -35,6 +44,7 @@ from .sc09 import has_split_lists, list_splits
 
 MODES = ("clips", "windows")
 SPLITS = ("train", "valid", "test")
+IGNORE_INDEX = -100  # target of padding in packed rows; torch's cross_entropy skips it by default
 
 
 def split_files(
@@ -86,6 +96,21 @@ def to_example(window: np.ndarray, quantization: str = quantize.DEFAULT) -> tupl
     return inputs, targets
 
 
+def read_or_skip(path: Path, sample_rate_hz: int, summary: ReadSummary | None) -> np.ndarray | None:
+    """The clip (L,) at `sample_rate_hz`; without a summary a bad file raises AudioReadError, with
+    one it is skipped (None) with a warning and recorded there."""
+    if summary is None:
+        return read(path, sample_rate_hz)
+    try:
+        clip = read(path, sample_rate_hz)
+    except AudioReadError as err:
+        warnings.warn(f"skipping {err}", stacklevel=3)  # the data set's caller
+        summary.skipped.append((str(path), str(err)))
+        return None
+    summary.n_read += 1
+    return clip
+
+
 class AudioWindows(Dataset):
     """Fixed-length quantised examples cut from audio files (see the module docstring for `mode`).
 
@@ -113,7 +138,7 @@ class AudioWindows(Dataset):
         self.windows: list[np.ndarray] = []
         self.files: list[Path] = []
         for path in files:
-            clip = self._read(Path(path), summary)
+            clip = read_or_skip(Path(path), sample_rate_hz, summary)
             if clip is None:
                 continue
             self.files.append(Path(path))
@@ -122,23 +147,87 @@ class AudioWindows(Dataset):
             else:
                 self.windows.extend(cut_windows(clip, length_samples))
 
-    def _read(self, path: Path, summary: ReadSummary | None) -> np.ndarray | None:
-        if summary is None:
-            return read(path, self.sample_rate_hz)
-        try:
-            clip = read(path, self.sample_rate_hz)
-        except AudioReadError as err:
-            warnings.warn(f"skipping {err}", stacklevel=3)
-            summary.skipped.append((str(path), str(err)))
-            return None
-        summary.n_read += 1
-        return clip
-
     def __len__(self) -> int:
         return len(self.windows)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return to_example(self.windows[index], self.quantization)
+
+
+class PackedClips(Dataset):
+    """Whole clips packed into rows of `length_samples` (see the module docstring).
+
+    Item: (inputs (L,) int64, targets (L,) int64, seq_idx (L,) int32); padding positions have
+    input SILENCE_CLASS and target IGNORE_INDEX. The packing order is drawn from (seed, epoch),
+    so every epoch packs the clips with other neighbours; the number of rows stays the same.
+
+    Args:
+        files: the audio files, read at `sample_rate_hz` (mono, resampled).
+        sample_rate_hz: rate the model runs at.
+        length_samples: row length L, a multiple of `align`.
+        align: every piece starts at a multiple of it (the model's total pooling factor).
+        seed: seeds the packing order.
+        shuffle: re-pack in a new order every epoch (training); False keeps file order.
+        summary: skip unreadable files into it, as `AudioWindows`.
+        quantization: "mulaw" or "linear" (`quantize.QUANTIZERS`), as `AudioWindows`.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str | os.PathLike],
+        sample_rate_hz: int,
+        length_samples: int,
+        align: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        summary: ReadSummary | None = None,
+        quantization: str = quantize.DEFAULT,
+    ):
+        encode = quantize.quantizer(quantization).encode  # unknown names fail here
+        if length_samples < 1 or length_samples % align:
+            raise AudioDatasetError(
+                f"length_samples {length_samples} must be a positive multiple of the alignment {align} "
+                "(the model's total pooling factor)"
+            )
+        self.sample_rate_hz, self.length_samples, self.align = sample_rate_hz, length_samples, align
+        self.epoch = 0  # set by the training loop (pipelines.common.pass_epoch_to_dataset)
+        self.files: list[Path] = []
+        self.classes: list[torch.Tensor] = []  # per clip (n,) uint8: 1 byte a sample, encoded once
+        for path in files:
+            clip = read_or_skip(Path(path), sample_rate_hz, summary)
+            if clip is None or clip.shape[0] == 0:
+                continue
+            self.files.append(Path(path))
+            self.classes.append(encode(torch.from_numpy(np.ascontiguousarray(clip))).to(torch.uint8))
+        self._plans = EpochPlans([c.shape[0] for c in self.classes], length_samples, align, seed, shuffle)
+
+    def plan(self) -> PackPlan:
+        """This epoch's rows."""
+        return self._plans(self.epoch)
+
+    def __len__(self) -> int:
+        return len(self.plan()) if self.classes else 0
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of the rows' samples that are padding (alignment, and the end of the last row)."""
+        return self.plan().padding_fraction
+
+    @property
+    def padding_fraction_unpacked(self) -> float:
+        """The same share if each clip were tiled into its own rows of L, its last row zero-padded."""
+        return self._plans.padding_fraction_unpacked
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        plan = self.plan()
+        inputs = torch.full((self.length_samples,), quantize.SILENCE_CLASS, dtype=torch.long)
+        targets = torch.full((self.length_samples,), IGNORE_INDEX, dtype=torch.long)
+        for clip, start, stop, offset in plan.segments(index):
+            piece = self.classes[clip][start:stop].long()  # (n,)
+            targets[offset : offset + len(piece)] = piece
+            # the piece restarts from silence: its first input stays SILENCE_CLASS
+            inputs[offset + 1 : offset + len(piece)] = piece[:-1]
+        return inputs, targets, torch.from_numpy(plan.seq_idx(index))
 
 
 def folder_splits(
@@ -150,16 +239,24 @@ def folder_splits(
     seed: int = 0,
     summary: ReadSummary | None = None,
     quantization: str = quantize.DEFAULT,
-) -> dict[str, AudioWindows]:
+    pack_align: int | None = None,
+) -> dict[str, AudioWindows | PackedClips]:
     """The three splits of an audio folder: by its Speech Commands split lists when it has them
     (see `split_method`), otherwise all its audio files (read recursively) split by file with
-    `fractions` and `seed`."""
+    `fractions` and `seed`.
+
+    pack_align: pack the training split (`PackedClips` aligned to it); valid and test stay
+    `AudioWindows` of `mode`, so their scores compare with unpacked runs.
+    """
     if has_split_lists(data_dir):
         parts = list_splits(data_dir)
     else:
         parts = split_files(list_audio_files(data_dir), fractions, seed)
     splits = {
-        name: AudioWindows(parts[name], sample_rate_hz, length_samples, mode, summary, quantization) for name in SPLITS
+        name: PackedClips(parts[name], sample_rate_hz, length_samples, pack_align, seed, True, summary, quantization)
+        if name == "train" and pack_align is not None
+        else AudioWindows(parts[name], sample_rate_hz, length_samples, mode, summary, quantization)
+        for name in SPLITS
     }
     for name in ("train", "valid"):
         if len(splits[name]) == 0:

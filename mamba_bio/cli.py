@@ -2,7 +2,7 @@
 
     mamba-bio pretrain --out runs/dna      # bundled real genomes, ~1-2 min on a 2-core CPU
 
-    mamba-bio pretrain [--fasta F --bed BED | --manifest hg38] [--length L] [--max-steps N] [--out DIR]
+    mamba-bio pretrain [--fasta F --bed BED | --manifest hg38] [--length L] [--max-steps N] [--pack] [--out DIR]
     mamba-bio classify train   [--data species.tsv|table.csv|GB_FOLDER] --length L --max-steps N --out DIR
     mamba-bio classify eval    --checkpoint DIR_OR_FILE --data species.tsv --split test [--windows K]
     mamba-bio classify predict --checkpoint DIR_OR_FILE --fasta F --out predictions.tsv
@@ -91,6 +91,12 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--seq-warmup-steps", type=int, default=0, help="steps per length stage")
     p.add_argument("--max-val-windows", type=int, default=64)
+    p.add_argument(
+        "--pack",
+        action="store_true",
+        help="pack whole records/intervals end to end into rows of --length (seq_idx keeps them apart) "
+        "instead of cutting windows: short records are used, not dropped or padded",
+    )
     _common(p, "runs/mamba-bio-pretrain")
 
     pc = sub.add_parser("classify", help="sequence classification: train, eval, predict")
@@ -197,6 +203,7 @@ def cmd_pretrain(args) -> dict:
         max_val_windows=args.max_val_windows,
         num_workers=args.num_workers,
         seed=args.seed,
+        pack=args.pack,
     )
     data.prepare_data()
     data.setup("fit")  # all input errors surface here, before anything is written
@@ -220,6 +227,7 @@ def cmd_pretrain(args) -> dict:
                 "model": asdict(config),
                 "train_windows": len(data.train_set),
                 "val_windows": len(data.val_set),
+                **(data.packing_stats or {}),
             },
             out,
         )
@@ -242,6 +250,7 @@ def cmd_pretrain(args) -> dict:
         "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
         "device": device,
         "world_size": trainer.world_size,
+        **(data.packing_stats or {}),  # with --pack: padding_fraction packed and unpacked
     }
 
 

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from core.models.sashimi import Sashimi
-from mamba_audio.datasets import AudioWindows, folder_splits
+from mamba_audio.datasets import IGNORE_INDEX, AudioWindows, PackedClips, folder_splits
 from mamba_audio.io import ReadSummary
-from pipelines.common import resumable_loader
+from pipelines.common import pass_epoch_to_dataset, resumable_loader
 
 LN2 = math.log(2.0)
 
@@ -41,12 +41,16 @@ class AudioLM(pl.LightningModule):
         self.model = model
         self.save_hyperparameters(ignore=["model"])
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(inputs)
+    def forward(self, inputs: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        if seq_idx is None:
+            return self.model(inputs)
+        return self.model(inputs, seq_idx=seq_idx)
 
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
-        inputs, targets = batch  # (B L), (B L)
-        logits = self.model(inputs)  # (B L V)
+        # windows: (inputs, targets); packed rows (mamba_audio.datasets.PackedClips): (inputs, targets, seq_idx)
+        inputs, targets, *packed = batch  # (B L) each
+        logits = self(inputs, packed[0] if packed else None)  # (B L V)
+        # padding of packed rows has target IGNORE_INDEX, cross_entropy's default ignore_index
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
         sync = stage != "train"  # evaluation is sharded across ranks: average over all of them
         self.log(f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=inputs.shape[0], sync_dist=sync)
@@ -55,6 +59,9 @@ class AudioLM(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         return self._shared_step(batch, "train")
+
+    def on_train_epoch_start(self):
+        pass_epoch_to_dataset(self)  # packed rows are re-packed each epoch; windows have no epoch
 
     def validation_step(self, batch, batch_idx):
         self._shared_step(batch, "valid")
@@ -101,6 +108,9 @@ class AudioDataModule(pl.LightningDataModule):
         seed: seed of the file split and of the training shuffle.
         num_workers: DataLoader worker processes.
         quantization: "mulaw" (SaShiMi's default) or "linear" (SaShiMi's Beethoven).
+        pack_align: pack whole training clips into rows (PackedClips), each piece starting at a
+            multiple of this (the model's total pooling factor); None: `mode` for training too.
+            Valid and test stay `mode` windows either way.
     """
 
     def __init__(
@@ -114,19 +124,23 @@ class AudioDataModule(pl.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         quantization: str = "mulaw",
+        pack_align: int | None = None,
     ):
         super().__init__()
         self.data_dir, self.sample_rate_hz, self.length_samples = data_dir, sample_rate_hz, length_samples
         self.mode, self.batch_size, self.split_fractions = mode, batch_size, tuple(split_fractions)
         self.seed, self.num_workers, self.quantization = seed, num_workers, quantization
-        self.splits: dict[str, AudioWindows] | None = None
+        self.pack_align = pack_align
+        self.splits: dict[str, AudioWindows | PackedClips] | None = None
         self.summary = ReadSummary()
         self._resume_position: tuple[int, int] | None = None
 
     def resume_from(self, epoch: int, batches: int) -> None:
         """On --resume (called by the checkpoint callback): the next training loader skips the
-        `batches` already trained in `epoch`."""
+        `batches` already trained in `epoch` (and packed rows are laid out as in that epoch)."""
         self._resume_position = (epoch, batches)
+        if self.splits is not None and isinstance(self.splits["train"], PackedClips):
+            self.splits["train"].epoch = epoch
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:  # reading is the slow part; the CLI calls setup early to fail fast
@@ -139,7 +153,20 @@ class AudioDataModule(pl.LightningDataModule):
                 self.seed,
                 self.summary,
                 self.quantization,
+                self.pack_align,
             )
+
+    @property
+    def packing_stats(self) -> dict | None:
+        """Padding share of the packed training rows against tiling each clip into its own rows (None unpacked)."""
+        train = None if self.splits is None else self.splits["train"]
+        if not isinstance(train, PackedClips):
+            return None
+        return {
+            "padding_fraction": round(train.padding_fraction, 6),
+            "padding_fraction_unpacked": round(train.padding_fraction_unpacked, 6),
+            "train_rows": len(train),
+        }
 
     def _loader(self, split: str, shuffle: bool, position: tuple[int, int] | None = None) -> DataLoader:
         # seeded order, sharded across ranks, restartable mid-epoch (see pipelines.common.ResumableSampler)
@@ -189,7 +216,7 @@ class Throughput(pl.Callback):
         if self.start is not None:
             self._sync(trainer)
             self.elapsed_s += time.perf_counter() - self.start
-            self.tokens += batch[1].numel()
+            self.tokens += int((batch[1] != IGNORE_INDEX).sum())  # real samples, not packing padding
             self.start = None
 
     @property

@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+from torch.utils.data import Subset
 
 from mamba_bio.errors import BedError, WindowError
 from mamba_bio.fasta import Genome
 from mamba_bio.labelled import collate_classification, open_classification_data
 from mamba_bio.manifests import PACKAGE_DIR, fetch, local_paths
+from mamba_bio.packed import PackedRecords, record_splits
 from mamba_bio.windows import GenomeWindows, build_windows, check_intervals, read_bed, record_intervals
 from pipelines.common import resumable_loader
 
@@ -57,6 +59,8 @@ class GenomeDataModule(pl.LightningDataModule):
         max_val_windows: evenly spaced subset of the valid windows (0: all).
         num_workers: DataLoader workers.
         seed: seeds augmentation and shuffling.
+        pack: pack whole intervals end to end into rows of `length` (mamba_bio.packed) instead of
+            cutting windows: batches are then [ids, seq_idx]; `max_val_windows` counts rows.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class GenomeDataModule(pl.LightningDataModule):
         max_val_windows: int = 256,
         num_workers: int = 0,
         seed: int = 0,
+        pack: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -110,6 +115,9 @@ class GenomeDataModule(pl.LightningDataModule):
         hp = self.hparams
         fastas, bed = self._sources()
         genomes = [Genome(f) for f in fastas]
+        if hp.pack:
+            self._setup_packed(genomes, bed)
+            return
         longest = max(max(g.sizes.values()) for g in genomes)
         if hp.length > longest:
             raise WindowError(
@@ -151,6 +159,52 @@ class GenomeDataModule(pl.LightningDataModule):
             train_set.windows = [w for i, w in enumerate(kept) if i % 20]
             val_set = GenomeWindows(genomes, valid, hp.length, seed=hp.seed)
         self.train_set, self.val_set, self.genomes = train_set, val_set, genomes
+
+    def _setup_packed(self, genomes: list[Genome], bed: str | None) -> None:
+        """Packed rows of whole intervals; a BED without a valid split gives every 20th interval to it."""
+        hp = self.hparams
+        if hp.max_shift:
+            raise WindowError(
+                f"--max-shift {hp.max_shift} cannot be used with --pack: packed rows hold whole records, "
+                "there is no window to shift; drop one of the two"
+            )
+        if bed is not None:
+            if len(genomes) != 1:
+                raise BedError(f"--bed {bed}: give exactly one --fasta with a BED file (got {len(genomes)})")
+            intervals = read_bed(bed)
+            check_intervals(intervals, genomes[0], str(bed))
+            records = [(0, iv) for iv in intervals]
+        else:
+            records = [(g, iv) for g, genome in enumerate(genomes) for iv in record_splits(genome, hp.valid_fraction)]
+        train = [r for r in records if r[1].split == "train"]
+        valid = [r for r in records if r[1].split == "valid"]
+        if not valid:
+            if len(train) < 2:
+                raise WindowError(
+                    f"only {len(train)} training interval(s) in {bed or 'the FASTA records'}: too few to hold "
+                    "out a valid split; add valid intervals"
+                )
+            print("genome data: no valid split; holding out every 20th training interval", file=sys.stderr)
+            train, valid = [r for i, r in enumerate(train) if i % 20], train[::20]
+        if not train:
+            raise WindowError(f"no training intervals in {bed or 'the FASTA records'}")
+        self.train_set = PackedRecords(genomes, train, hp.length, hp.rc_prob, hp.seed, shuffle=True)
+        val_rows = PackedRecords(genomes, valid, hp.length, seed=hp.seed, shuffle=False)
+        self.val_set = Subset(val_rows, _evenly_spaced(list(range(len(val_rows))), hp.max_val_windows))
+        self.genomes = genomes
+
+    @property
+    def packing_stats(self) -> dict | None:
+        """Padding share of the packed training rows against tiling each interval into its own rows
+        (None without packing)."""
+        if not self.hparams.pack or self.train_set is None:
+            return None
+        return {
+            "padding_fraction": round(self.train_set.padding_fraction, 6),
+            "padding_fraction_unpacked": round(self.train_set.padding_fraction_unpacked, 6),
+            "train_rows": len(self.train_set),
+            "train_records": len(self.train_set.records),
+        }
 
     def train_dataloader(self):
         hp = self.hparams

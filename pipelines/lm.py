@@ -23,12 +23,19 @@ from mamba_bio.tokenizer import NUCLEOTIDE_IDS
 from pipelines.common import pass_epoch_to_dataset
 
 
-def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, scored_ids: tuple[int, ...] | None) -> tuple:
+def lm_loss(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    scored_ids: tuple[int, ...] | None,
+    seq_idx: torch.Tensor | None = None,
+) -> tuple:
     """Next-token cross-entropy. logits (B, L, V) predict input_ids (B, L) shifted by one.
 
     Only targets in `scored_ids` count (for DNA: A, C, G, T, so N and [PAD] never enter the loss);
-    None scores every target. Returns (sum of losses, number of scored targets): the caller
-    divides, so a batch with no scored target gives 0 / 0 -> skipped, never NaN.
+    None scores every target. With seq_idx (B, L) (packed rows), a target in another sequence than
+    its input (the first token of the next record) does not count either. Returns (sum of losses,
+    number of scored targets): the caller divides, so a batch with no scored target gives 0 / 0
+    -> skipped, never NaN.
     """
     targets = input_ids[:, 1:]  # (B L-1)
     logits = logits[:, :-1].float()  # (B L-1 V)
@@ -36,6 +43,8 @@ def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, scored_ids: tuple[int
         mask = torch.ones_like(targets, dtype=torch.bool)
     else:
         mask = torch.isin(targets, torch.tensor(scored_ids, device=targets.device))
+    if seq_idx is not None:
+        mask = mask & (seq_idx[:, 1:] == seq_idx[:, :-1])  # (B L-1) input and target in one sequence
     losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     losses = losses.view_as(targets) * mask
     return losses.sum(), mask.sum()
@@ -72,7 +81,7 @@ def seq_len_at(step: int, full_length: int, min_length: int, steps_per_stage: in
 
 
 class LMModule(pl.LightningModule):
-    """Wraps a MambaLM; batches are token windows (B, L) int64.
+    """Wraps a MambaLM; batches are token windows (B, L) int64, or packed rows [ids, seq_idx] (B, L) each.
 
     Args:
         model: the core LM (passed in, so this module holds only the training logic).
@@ -104,8 +113,10 @@ class LMModule(pl.LightningModule):
         self.scored_ids = NUCLEOTIDE_IDS if score_nucleotides_only else None
         self._val_sum = self._val_count = None
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids)
+    def forward(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        if seq_idx is None:
+            return self.model(input_ids)
+        return self.model(input_ids, seq_idx=seq_idx)
 
     def _crop_for_warmup(self, batch: torch.Tensor) -> torch.Tensor:
         B, L = batch.shape
@@ -115,11 +126,15 @@ class LMModule(pl.LightningModule):
             batch = batch[:, :usable].reshape(-1, length)  # (B * L/l, l)
         return batch
 
-    def _shared_step(self, batch: torch.Tensor, stage: str):
+    def _shared_step(self, batch: torch.Tensor | list[torch.Tensor], stage: str):
+        # windows: ids (B, L); packed rows (pipelines.genome_data, pack=True): [ids, seq_idx], both (B, L)
+        batch, seq_idx = (batch, None) if isinstance(batch, torch.Tensor) else batch
         if stage == "train":
             batch = self._crop_for_warmup(batch)
+            # a piece cut off at the crop starts a new row, where the model restarts anyway
+            seq_idx = None if seq_idx is None else self._crop_for_warmup(seq_idx)
             self.log("train/seq_len", float(batch.shape[1]), on_step=True, on_epoch=False)
-        total, count = lm_loss(self(batch), batch, self.scored_ids)
+        total, count = lm_loss(self(batch, seq_idx), batch, self.scored_ids, seq_idx)
         loss = total / count.clamp(min=1)
         self.log(
             f"{stage}/loss",

@@ -24,6 +24,12 @@ Each stage picks its block separately (`stage_blocks`, outer first): "mamba" (se
 
 `step` runs the same network one position at a time: the outer stage runs every position, the
 next every p1-th, the centre every (p1 p2)-th, and the outputs equal `forward`'s.
+
+Packed sequences (`forward(ids, seq_idx)`, see core.packing): every sequence must start at a
+multiple of prod(pool), so a pooled step never mixes two sequences; stage i then reads
+seq_idx[:, ::p1...pi], its Mamba blocks reset where it changes, and UpPool's causal shift feeds
+zeros (not the previous sequence's last coarse step) into the first group of each sequence, as
+it does at position 0. Each packed sequence then gets exactly the outputs it gets on its own.
 """
 
 from __future__ import annotations
@@ -90,8 +96,11 @@ class ResidualBlock(nn.Module):
                 width, config.d_state, config.d_conv, config.mixer_expand, complex_a=config.lti_complex
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.mixer(self.norm(x))
+    def forward(self, x: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, H), seq_idx (B, L) or None -> (B, L, H)."""
+        if seq_idx is None:
+            return x + self.mixer(self.norm(x))
+        return x + self.mixer(self.norm(x), None, seq_idx)
 
     def step(self, x: torch.Tensor, cache: MambaCache) -> torch.Tensor:
         """x: (B, H) one position -> (B, H)."""
@@ -119,11 +128,16 @@ class UpPool(nn.Module):
         self.pool, self.out_width = pool, width // expand
         self.linear = nn.Linear(width, self.out_width * pool)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, Lc, Hc), seq_idx (B, Lc) of the coarse steps or None -> (B, Lc * p, Hc / expand)."""
         B, Lc, _ = x.shape
         y = self.linear(x)  # (B Lc pH)
         # causal shift: coarse step k feeds fine positions of block k + 1; block 0 gets zeros
         y = torch.cat([torch.zeros_like(y[:, :1]), y[:, :-1]], dim=1)
+        if seq_idx is not None:  # so does the first block of every packed sequence
+            same = torch.ones_like(seq_idx, dtype=torch.bool)
+            same[:, 1:] = seq_idx[:, 1:] == seq_idx[:, :-1]  # (B Lc)
+            y = y * same.unsqueeze(-1).to(y.dtype)
         return y.reshape(B, Lc * self.pool, self.out_width)  # (B L H)
 
 
@@ -160,25 +174,58 @@ class Sashimi(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
 
     # -- parallel ------------------------------------------------------------------------------
-    def _stage(self, level: int, x: torch.Tensor) -> torch.Tensor:
-        """Stage `level` and everything inside it; x (B, L_level, H_level) -> same shape."""
+    def _stage(self, level: int, x: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Stage `level` and everything inside it; x (B, L_level, H_level) -> same shape.
+
+        seq_idx (B, L_level) or None: the packed sequence of each position at this stage's rate.
+        """
         if level < len(self.down_pools):
-            x = self.up_pools[level](self._stage(level + 1, self.down_pools[level](x))) + x
+            pool = self.down_pools[level].pool
+            coarse_idx = None if seq_idx is None else seq_idx[:, ::pool]  # (B L/p): each group's sequence
+            inner = self._stage(level + 1, self.down_pools[level](x), coarse_idx)
+            x = self.up_pools[level](inner, coarse_idx) + x
         h = x
         for block in self.stages[level]:
-            h = block(h)
+            h = block(h, seq_idx)
         return h + x
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids: (B, L) int64, L a multiple of prod(pool) -> logits (B, L, vocab_size)."""
+    def forward(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids: (B, L) int64, L a multiple of prod(pool) -> logits (B, L, vocab_size).
+
+        seq_idx (B, L) int: packed sequences, each starting at a multiple of prod(pool) (see the
+        module docstring); selective ("mamba") stages only.
+        """
         length = input_ids.shape[1]
         if length % self.config.total_pool:
             raise ValueError(
                 f"Sashimi.forward: length {length} is not a multiple of the total pooling factor "
                 f"{self.config.total_pool} (pool {list(self.config.pool)}); pad or crop the input"
             )
-        x = self._stage(0, self.embedding(input_ids))  # (B L D)
+        if seq_idx is not None:
+            self._check_packed(seq_idx, input_ids.shape)
+        x = self._stage(0, self.embedding(input_ids), seq_idx)  # (B L D)
         return self.lm_head(self.norm_f(x))
+
+    def _check_packed(self, seq_idx: torch.Tensor, shape: torch.Size) -> None:
+        """ValueError unless seq_idx fits `shape`, every stage can reset, and sequences start aligned."""
+        if tuple(seq_idx.shape) != tuple(shape):
+            raise ValueError(f"Sashimi.forward: seq_idx has shape {tuple(seq_idx.shape)}, expected {tuple(shape)}")
+        if "lti" in self.config.stage_blocks:
+            raise ValueError(
+                f"Sashimi: packed sequences (seq_idx) need selective stages; stage_blocks "
+                f"{list(self.config.stage_blocks)} has 'lti' stages, whose FFT convolution cannot reset "
+                "between sequences: use stage_blocks of 'mamba' only, or unpacked (padded) rows"
+            )
+        total = self.config.total_pool
+        starts = torch.zeros_like(seq_idx, dtype=torch.bool)
+        starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]  # (B L) where a sequence starts
+        misplaced = starts & (torch.arange(shape[1], device=seq_idx.device) % total != 0)
+        if bool(misplaced.any()):  # one host sync per forward: cheap next to the model
+            first = int(misplaced.nonzero()[0, 1])
+            raise ValueError(
+                f"Sashimi.forward: a packed sequence starts at position {first}, not a multiple of the total "
+                f"pooling factor {total}; place sequences at aligned offsets (core.packing.pack(align={total}))"
+            )
 
     # -- recurrent -----------------------------------------------------------------------------
     def new_cache(self, batch_size: int) -> SashimiCache:
