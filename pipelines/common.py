@@ -153,10 +153,12 @@ class ResumableSampler(torch.utils.data.Sampler):
 
     - Order: epoch e is a permutation drawn from a generator seeded with (seed, e) alone, never
       from the global RNG, so a resumed or re-launched run sees exactly the same order.
-    - Ranks: the epoch's order is cut to a multiple of `world_size` and rank r takes positions
-      r, r + W, r + 2W, ...: no index is seen by two ranks, and every rank has the same number of
-      batches (DDP hangs when one rank runs out first). At most W - 1 items per epoch are left
-      out, different ones each epoch when shuffling.
+    - Ranks: rank r takes positions r, r + W, r + 2W, ... of the epoch's order, so no index is
+      seen by two ranks. With `even` (training) the order is first cut to a multiple of
+      `world_size`, so every rank has the same number of batches (DDP hangs when one rank runs
+      out first); at most W - 1 items per epoch are left out, different ones each epoch when
+      shuffling. Without it (evaluation) every item is seen exactly once and the ranks' shards
+      differ by at most one item: metrics must then be summed over ranks, never averaged per rank.
     - Resume: `set_position(epoch, batches)` makes that epoch start after its first `batches`
       batches of `batch_size`; later epochs start at their beginning.
 
@@ -164,12 +166,19 @@ class ResumableSampler(torch.utils.data.Sampler):
     """
 
     def __init__(
-        self, num_items: int, batch_size: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        even: bool = True,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
         self.num_items, self.batch_size, self.seed, self.shuffle = num_items, batch_size, seed, shuffle
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.even = rank, world_size, even
         self.epoch = 0
         self._resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
 
@@ -186,7 +195,7 @@ class ResumableSampler(torch.utils.data.Sampler):
             order = np.random.default_rng((self.seed, self.epoch)).permutation(self.num_items).tolist()
         else:
             order = list(range(self.num_items))
-        usable = len(order) - len(order) % self.world_size
+        usable = len(order) - len(order) % self.world_size if self.even else len(order)
         return order[self.rank : usable : self.world_size]
 
     def __iter__(self):
@@ -197,7 +206,9 @@ class ResumableSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         # the full epoch, also on a resumed one: Lightning counts the epoch's batches from its start
-        return self.num_items // self.world_size
+        if self.even:
+            return self.num_items // self.world_size
+        return len(range(self.rank, self.num_items, self.world_size))
 
 
 def resumable_loader(
@@ -207,15 +218,18 @@ def resumable_loader(
     shuffle: bool,
     trainer=None,
     position: tuple[int, int] | None = None,
+    even: bool = True,
     **loader_kwargs,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over a `ResumableSampler` for this process's rank (from `trainer`, else rank 0 of 1).
 
     `position` (epoch, batches), from a resumed checkpoint, skips the batches already trained.
+    `even`: equal shards per rank (training); False for validation and test loaders, so every
+    item is scored exactly once (see `ResumableSampler`).
     `loader_kwargs` go to the DataLoader (num_workers, collate_fn, ...).
     """
     rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-    sampler = ResumableSampler(len(dataset), batch_size, seed, shuffle, rank, world_size)
+    sampler = ResumableSampler(len(dataset), batch_size, seed, shuffle, rank, world_size, even)
     if position is not None:
         sampler.set_position(*position)
     # no persistent workers: each epoch's workers must get a fresh copy of the dataset, whose
