@@ -158,7 +158,11 @@ class ResumableSampler(torch.utils.data.Sampler):
       `world_size`, so every rank has the same number of batches (DDP hangs when one rank runs
       out first); at most W - 1 items per epoch are left out, different ones each epoch when
       shuffling. Without it (evaluation) every item is seen exactly once and the ranks' shards
-      differ by at most one item: metrics must then be summed over ranks, never averaged per rank.
+      differ by at most one item: metrics must then be summed over ranks, never averaged per rank,
+      and an evaluation step must run no collective (DDP's buffer broadcast would be one; these
+      models have no buffers). A rank left without items (fewer items than ranks) still reports
+      a length of one and yields nothing: Lightning refuses a loader that is empty on some ranks
+      only, and its evaluation loop ends when the loader does.
     - Resume: `set_position(epoch, batches)` makes that epoch start after its first `batches`
       batches of `batch_size`; later epochs start at their beginning.
 
@@ -208,7 +212,7 @@ class ResumableSampler(torch.utils.data.Sampler):
         # the full epoch, also on a resumed one: Lightning counts the epoch's batches from its start
         if self.even:
             return self.num_items // self.world_size
-        return len(range(self.rank, self.num_items, self.world_size))
+        return max(1, len(range(self.rank, self.num_items, self.world_size)))
 
 
 def resumable_loader(
