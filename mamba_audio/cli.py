@@ -279,6 +279,7 @@ def pretrain(args) -> dict:
         "checkpoint": str(weights),
         "last_ckpt": str(out / "last.ckpt"),
         "metrics_png": str(plot) if plot else None,
+        **common.process_info(trainer),
     }
 
 

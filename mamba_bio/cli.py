@@ -152,7 +152,7 @@ def _backbone_config(args, vocab_size: int):
 
 
 def _finish_training(trainer, module, model, config, out: Path, args, extra: dict) -> dict:
-    from pipelines.common import export_model, plot_metrics
+    from pipelines.common import export_model, plot_metrics, process_info
 
     export_model(model, config, out, extra=extra)
     plot = plot_metrics(out)
@@ -162,6 +162,7 @@ def _finish_training(trainer, module, model, config, out: Path, args, extra: dic
         "model": str(out / "model.safetensors"),
         "plot": str(plot) if plot else None,
         "steps": trainer.global_step,
+        **process_info(trainer),
     }
 
 
@@ -241,7 +242,6 @@ def cmd_pretrain(args) -> dict:
         "seconds": round(seconds, 1),
         "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
         "device": device,
-        "world_size": trainer.world_size,
     }
 
 

@@ -415,6 +415,27 @@ def _strategy(name: str, device: str):
     return name
 
 
+def _check_launched_processes(devices: int, num_nodes: int) -> None:
+    """ValueError when torchrun or srun started a number of processes other than devices x nodes.
+
+    Lightning checks this itself only for multi-device strategies; with `--devices 1` each of the
+    launched processes would otherwise train its own copy of the model into the same --out folder.
+    """
+    from lightning.fabric.plugins.environments.slurm import _is_srun_used
+
+    if torch.distributed.is_available() and torch.distributed.is_torchelastic_launched():
+        launched, launcher, fix = int(os.environ.get("WORLD_SIZE", "1")), "torchrun", "--nproc_per_node and --nnodes"
+    elif _is_srun_used():
+        launched, launcher, fix = int(os.environ["SLURM_NTASKS"]), "SLURM", "--ntasks-per-node and --nodes"
+    else:
+        return
+    if launched != devices * num_nodes:
+        raise ValueError(
+            f"{launcher} started {launched} processes but --devices {devices} x --num-nodes {num_nodes} = "
+            f"{devices * num_nodes}; pass --devices (processes per node) and --num-nodes to match {fix}"
+        )
+
+
 def build_trainer(
     out_dir: str | os.PathLike,
     device: str,
@@ -454,6 +475,7 @@ def build_trainer(
     # Lightning only knows stateful DataLoaders; our loaders restart mid-epoch through SaveLast
     # and ResumableSampler instead, so its warning that they cannot would be wrong.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    _check_launched_processes(devices, num_nodes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = out_dir / "metrics.csv"
@@ -500,6 +522,18 @@ def build_trainer(
         enable_model_summary=True,
         default_root_dir=str(out_dir),
     )
+
+
+def process_info(trainer) -> dict:
+    """What a training result records about its processes: the world size, the nodes, and the
+    cluster environment Lightning picked (LightningEnvironment for its own launcher,
+    TorchElasticEnvironment under torchrun, SLURMEnvironment under srun; None on one device)."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return {
+        "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        "cluster_environment": type(environment).__name__ if environment is not None else None,
+    }
 
 
 # ----------------------------------------------------------------------------- exports
