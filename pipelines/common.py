@@ -43,7 +43,9 @@ __all__ = [
     "ArgumentParser",
     "atomic_path",
     "build_trainer",
+    "process_info",
     "trainer_from_args",
+    "translate_position",
     "emit_result",
     "is_global_zero",
     "export_model",
@@ -321,6 +323,17 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(py_state), py_gauss))
 
 
+def translate_position(batches: int, saved_world_size: int, world_size: int) -> int:
+    """Batches per rank trained in an epoch by `saved_world_size` ranks -> the same position for `world_size`.
+
+    Rank r of W takes positions r, r + W, ... of the epoch's order (`ResumableSampler`), so after
+    b batches of size B on each rank, W ranks have trained exactly the first b * B * W positions,
+    whatever W is: the same prefix is b * W / W' batches on each of W' ranks. When that is not a
+    whole batch it is rounded down, so at most W' * B - 1 examples are trained a second time.
+    """
+    return batches * saved_world_size // world_size
+
+
 def _make_save_last_callback(every_n_steps: int):
     import lightning.pytorch as pl
 
@@ -333,6 +346,10 @@ def _make_save_last_callback(every_n_steps: int):
         it) and the python/numpy/torch RNG states. On load, the position goes to the datamodule's
         `resume_from(epoch, batches)` (which builds its training loader to skip those batches)
         and the RNG states are put back just before the first resumed batch.
+
+        The checkpoint loads on any number of devices: it records the world size that wrote it,
+        and a run with another world size continues at the same point of the epoch's order (see
+        `translate_position`), with Lightning's in-epoch batch counters moved to match.
         """
 
         def __init__(self, dirpath: Path, every: int):
@@ -364,7 +381,12 @@ def _make_save_last_callback(every_n_steps: int):
 
         def on_save_checkpoint(self, trainer, pl_module, checkpoint):
             epoch, batches = self._position
-            checkpoint["resume"] = {"epoch": epoch, "batches": batches, "rng": _rng_state()}
+            checkpoint["resume"] = {
+                "epoch": epoch,
+                "batches": batches,
+                "world_size": trainer.world_size,
+                "rng": _rng_state(),
+            }
 
         def on_load_checkpoint(self, trainer, pl_module, checkpoint):
             resume = checkpoint.get("resume")
@@ -376,8 +398,17 @@ def _make_save_last_callback(every_n_steps: int):
             resume_from = getattr(trainer.datamodule, "resume_from", None)
             if resume_from is None:  # a datamodule without it would silently replay its epoch from the start
                 raise ResumeError(f"{type(trainer.datamodule).__name__} has no resume_from(epoch, batches)")
-            resume_from(resume["epoch"], resume["batches"])
-            self._position = (resume["epoch"], resume["batches"])
+            saved_batches, saved_world_size = resume["batches"], resume.get("world_size", trainer.world_size)
+            batches = translate_position(saved_batches, saved_world_size, trainer.world_size)
+            if batches != saved_batches:
+                # Lightning counts the epoch's batches itself (epoch end, the batch_idx of hooks):
+                # move its in-epoch counters by the same amount. The totals stay: with one batch per
+                # step they equal global_step, which places validation.
+                current = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+                for key in current:
+                    current[key] += batches - saved_batches
+            resume_from(resume["epoch"], batches)
+            self._position = (resume["epoch"], batches)
             self._rng_to_restore = resume["rng"]
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
