@@ -333,6 +333,7 @@ def pretrain(args) -> dict:
         "last_ckpt": str(out / "last.ckpt"),
         "metrics_png": str(plot) if plot else None,
         **(data.packing_stats or {}),  # with --pack: padding_fraction packed and unpacked
+        **common.process_info(trainer),
     }
 
 

@@ -158,7 +158,7 @@ def _backbone_config(args, vocab_size: int):
 
 
 def _finish_training(trainer, module, model, config, out: Path, args, extra: dict) -> dict:
-    from pipelines.common import export_model, plot_metrics
+    from pipelines.common import export_model, plot_metrics, process_info
 
     export_model(model, config, out, extra=extra)
     plot = plot_metrics(out)
@@ -168,6 +168,7 @@ def _finish_training(trainer, module, model, config, out: Path, args, extra: dic
         "model": str(out / "model.safetensors"),
         "plot": str(plot) if plot else None,
         "steps": trainer.global_step,
+        **process_info(trainer),
     }
 
 
@@ -249,7 +250,6 @@ def cmd_pretrain(args) -> dict:
         "seconds": round(seconds, 1),
         "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
         "device": device,
-        "world_size": trainer.world_size,
         **(data.packing_stats or {}),  # with --pack: padding_fraction packed and unpacked
     }
 

@@ -15,7 +15,9 @@ import time
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
 
 from core.models.sashimi import Sashimi
 from mamba_audio.datasets import IGNORE_INDEX, AudioWindows, PackedClips, folder_splits
@@ -27,7 +29,11 @@ LN2 = math.log(2.0)
 
 class AudioLM(pl.LightningModule):
     """Next-sample prediction on 8-bit classes (mu-law or linear); logs `{stage}/loss` (nats) and
-    `{stage}/bpb` (bits per sample)."""
+    `{stage}/bpb` (bits per sample).
+
+    Evaluation losses are means over every predicted sample of the split: each rank adds its
+    losses and sample counts to torchmetrics states summed across ranks before dividing.
+    """
 
     def __init__(
         self,
@@ -40,6 +46,7 @@ class AudioLM(pl.LightningModule):
         super().__init__()
         self.model = model
         self.save_hyperparameters(ignore=["model"])
+        self.eval_loss = nn.ModuleDict({stage: MeanMetric().set_dtype(torch.float64) for stage in ("valid", "test")})
 
     def forward(self, inputs: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         if seq_idx is None:
@@ -52,10 +59,19 @@ class AudioLM(pl.LightningModule):
         logits = self(inputs, packed[0] if packed else None)  # (B L V)
         # padding of packed rows has target IGNORE_INDEX, cross_entropy's default ignore_index
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        sync = stage != "train"  # evaluation is sharded across ranks: average over all of them
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=inputs.shape[0], sync_dist=sync)
-        self.log(f"{stage}/bpb", loss / LN2, prog_bar=sync, batch_size=inputs.shape[0], sync_dist=sync)
+        if stage == "train":  # this rank's batch: a per-step progress signal
+            self.log("train/loss", loss, prog_bar=True, batch_size=inputs.shape[0])
+            self.log("train/bpb", loss / LN2, batch_size=inputs.shape[0])
+        else:
+            self.eval_loss[stage].update(loss.detach().double(), weight=targets.numel())
         return loss
+
+    def _log_eval(self, stage: str) -> None:
+        mean = self.eval_loss[stage].compute().float()  # summed over ranks, then divided
+        self.eval_loss[stage].reset()
+        # already equal on every rank; sync_dist only tells Lightning so (and keeps it from warning)
+        self.log(f"{stage}/loss", mean, sync_dist=True)
+        self.log(f"{stage}/bpb", mean / LN2, prog_bar=True, sync_dist=True)
 
     def training_step(self, batch, batch_idx):
         return self._shared_step(batch, "train")
@@ -66,8 +82,14 @@ class AudioLM(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._shared_step(batch, "valid")
 
+    def on_validation_epoch_end(self):
+        self._log_eval("valid")
+
     def test_step(self, batch, batch_idx):
         self._shared_step(batch, "test")
+
+    def on_test_epoch_end(self):
+        self._log_eval("test")
 
     def configure_optimizers(self):
         # no weight decay on the SSM parameters marked by the mixers (A, D, dt), norms and biases
@@ -169,7 +191,8 @@ class AudioDataModule(pl.LightningDataModule):
         }
 
     def _loader(self, split: str, shuffle: bool, position: tuple[int, int] | None = None) -> DataLoader:
-        # seeded order, sharded across ranks, restartable mid-epoch (see pipelines.common.ResumableSampler)
+        # seeded order, sharded across ranks, restartable mid-epoch (see pipelines.common.ResumableSampler);
+        # evaluation splits are scored item by item exactly once, AudioLM sums over ranks
         return resumable_loader(
             self.splits[split],
             self.batch_size,
@@ -177,6 +200,7 @@ class AudioDataModule(pl.LightningDataModule):
             shuffle=shuffle,
             trainer=self.trainer,
             position=position,
+            even=split == "train",
             num_workers=self.num_workers,
         )
 

@@ -43,7 +43,9 @@ __all__ = [
     "ArgumentParser",
     "atomic_path",
     "build_trainer",
+    "process_info",
     "trainer_from_args",
+    "translate_position",
     "emit_result",
     "is_global_zero",
     "export_model",
@@ -153,10 +155,16 @@ class ResumableSampler(torch.utils.data.Sampler):
 
     - Order: epoch e is a permutation drawn from a generator seeded with (seed, e) alone, never
       from the global RNG, so a resumed or re-launched run sees exactly the same order.
-    - Ranks: the epoch's order is cut to a multiple of `world_size` and rank r takes positions
-      r, r + W, r + 2W, ...: no index is seen by two ranks, and every rank has the same number of
-      batches (DDP hangs when one rank runs out first). At most W - 1 items per epoch are left
-      out, different ones each epoch when shuffling.
+    - Ranks: rank r takes positions r, r + W, r + 2W, ... of the epoch's order, so no index is
+      seen by two ranks. With `even` (training) the order is first cut to a multiple of
+      `world_size`, so every rank has the same number of batches (DDP hangs when one rank runs
+      out first); at most W - 1 items per epoch are left out, different ones each epoch when
+      shuffling. Without it (evaluation) every item is seen exactly once and the ranks' shards
+      differ by at most one item: metrics must then be summed over ranks, never averaged per rank,
+      and an evaluation step must run no collective (DDP's buffer broadcast would be one; these
+      models have no buffers). A rank left without items (fewer items than ranks) still reports
+      a length of one and yields nothing: Lightning refuses a loader that is empty on some ranks
+      only, and its evaluation loop ends when the loader does.
     - Resume: `set_position(epoch, batches)` makes that epoch start after its first `batches`
       batches of `batch_size`; later epochs start at their beginning.
 
@@ -164,12 +172,19 @@ class ResumableSampler(torch.utils.data.Sampler):
     """
 
     def __init__(
-        self, num_items: int, batch_size: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        even: bool = True,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
         self.num_items, self.batch_size, self.seed, self.shuffle = num_items, batch_size, seed, shuffle
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.even = rank, world_size, even
         self.epoch = 0
         self._resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
 
@@ -186,7 +201,7 @@ class ResumableSampler(torch.utils.data.Sampler):
             order = np.random.default_rng((self.seed, self.epoch)).permutation(self.num_items).tolist()
         else:
             order = list(range(self.num_items))
-        usable = len(order) - len(order) % self.world_size
+        usable = len(order) - len(order) % self.world_size if self.even else len(order)
         return order[self.rank : usable : self.world_size]
 
     def __iter__(self):
@@ -197,7 +212,9 @@ class ResumableSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         # the full epoch, also on a resumed one: Lightning counts the epoch's batches from its start
-        return self.num_items // self.world_size
+        if self.even:
+            return self.num_items // self.world_size
+        return max(1, len(range(self.rank, self.num_items, self.world_size)))
 
 
 def resumable_loader(
@@ -207,15 +224,18 @@ def resumable_loader(
     shuffle: bool,
     trainer=None,
     position: tuple[int, int] | None = None,
+    even: bool = True,
     **loader_kwargs,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over a `ResumableSampler` for this process's rank (from `trainer`, else rank 0 of 1).
 
     `position` (epoch, batches), from a resumed checkpoint, skips the batches already trained.
+    `even`: equal shards per rank (training); False for validation and test loaders, so every
+    item is scored exactly once (see `ResumableSampler`).
     `loader_kwargs` go to the DataLoader (num_workers, collate_fn, ...).
     """
     rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-    sampler = ResumableSampler(len(dataset), batch_size, seed, shuffle, rank, world_size)
+    sampler = ResumableSampler(len(dataset), batch_size, seed, shuffle, rank, world_size, even)
     if position is not None:
         sampler.set_position(*position)
     # no persistent workers: each epoch's workers must get a fresh copy of the dataset, whose
@@ -303,6 +323,17 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(py_state), py_gauss))
 
 
+def translate_position(batches: int, saved_world_size: int, world_size: int) -> int:
+    """Batches per rank trained in an epoch by `saved_world_size` ranks -> the same position for `world_size`.
+
+    Rank r of W takes positions r, r + W, ... of the epoch's order (`ResumableSampler`), so after
+    b batches of size B on each rank, W ranks have trained exactly the first b * B * W positions,
+    whatever W is: the same prefix is b * W / W' batches on each of W' ranks. When that is not a
+    whole batch it is rounded down, so at most W' * B - 1 examples are trained a second time.
+    """
+    return batches * saved_world_size // world_size
+
+
 def _make_save_last_callback(every_n_steps: int):
     import lightning.pytorch as pl
 
@@ -315,6 +346,10 @@ def _make_save_last_callback(every_n_steps: int):
         it) and the python/numpy/torch RNG states. On load, the position goes to the datamodule's
         `resume_from(epoch, batches)` (which builds its training loader to skip those batches)
         and the RNG states are put back just before the first resumed batch.
+
+        The checkpoint loads on any number of devices: it records the world size that wrote it,
+        and a run with another world size continues at the same point of the epoch's order (see
+        `translate_position`), with Lightning's in-epoch batch counters moved to match.
         """
 
         def __init__(self, dirpath: Path, every: int):
@@ -346,7 +381,12 @@ def _make_save_last_callback(every_n_steps: int):
 
         def on_save_checkpoint(self, trainer, pl_module, checkpoint):
             epoch, batches = self._position
-            checkpoint["resume"] = {"epoch": epoch, "batches": batches, "rng": _rng_state()}
+            checkpoint["resume"] = {
+                "epoch": epoch,
+                "batches": batches,
+                "world_size": trainer.world_size,
+                "rng": _rng_state(),
+            }
 
         def on_load_checkpoint(self, trainer, pl_module, checkpoint):
             resume = checkpoint.get("resume")
@@ -358,8 +398,17 @@ def _make_save_last_callback(every_n_steps: int):
             resume_from = getattr(trainer.datamodule, "resume_from", None)
             if resume_from is None:  # a datamodule without it would silently replay its epoch from the start
                 raise ResumeError(f"{type(trainer.datamodule).__name__} has no resume_from(epoch, batches)")
-            resume_from(resume["epoch"], resume["batches"])
-            self._position = (resume["epoch"], resume["batches"])
+            saved_batches, saved_world_size = resume["batches"], resume.get("world_size", trainer.world_size)
+            batches = translate_position(saved_batches, saved_world_size, trainer.world_size)
+            if batches != saved_batches:
+                # Lightning counts the epoch's batches itself (epoch end, the batch_idx of hooks):
+                # move its in-epoch counters by the same amount. The totals stay: with one batch per
+                # step they equal global_step, which places validation.
+                current = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+                for key in current:
+                    current[key] += batches - saved_batches
+            resume_from(resume["epoch"], batches)
+            self._position = (resume["epoch"], batches)
             self._rng_to_restore = resume["rng"]
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -395,6 +444,27 @@ def _strategy(name: str, device: str):
 
         return FSDPStrategy(state_dict_type="full")
     return name
+
+
+def _check_launched_processes(devices: int, num_nodes: int) -> None:
+    """ValueError when torchrun or srun started a number of processes other than devices x nodes.
+
+    Lightning checks this itself only for multi-device strategies; with `--devices 1` each of the
+    launched processes would otherwise train its own copy of the model into the same --out folder.
+    """
+    from lightning.fabric.plugins.environments.slurm import _is_srun_used
+
+    if torch.distributed.is_available() and torch.distributed.is_torchelastic_launched():
+        launched, launcher, fix = int(os.environ.get("WORLD_SIZE", "1")), "torchrun", "--nproc_per_node and --nnodes"
+    elif _is_srun_used():
+        launched, launcher, fix = int(os.environ["SLURM_NTASKS"]), "SLURM", "--ntasks-per-node and --nodes"
+    else:
+        return
+    if launched != devices * num_nodes:
+        raise ValueError(
+            f"{launcher} started {launched} processes but --devices {devices} x --num-nodes {num_nodes} = "
+            f"{devices * num_nodes}; pass --devices (processes per node) and --num-nodes to match {fix}"
+        )
 
 
 def build_trainer(
@@ -436,6 +506,7 @@ def build_trainer(
     # Lightning only knows stateful DataLoaders; our loaders restart mid-epoch through SaveLast
     # and ResumableSampler instead, so its warning that they cannot would be wrong.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    _check_launched_processes(devices, num_nodes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = out_dir / "metrics.csv"
@@ -482,6 +553,18 @@ def build_trainer(
         enable_model_summary=True,
         default_root_dir=str(out_dir),
     )
+
+
+def process_info(trainer) -> dict:
+    """What a training result records about its processes: the world size, the nodes, and the
+    cluster environment Lightning picked (LightningEnvironment for its own launcher,
+    TorchElasticEnvironment under torchrun, SLURMEnvironment under srun; None on one device)."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return {
+        "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        "cluster_environment": type(environment).__name__ if environment is not None else None,
+    }
 
 
 # ----------------------------------------------------------------------------- exports

@@ -220,9 +220,15 @@ class GenomeDataModule(pl.LightningDataModule):
 
     def val_dataloader(self):
         hp = self.hparams
-        # sharded across ranks too; LMModule sums the loss over ranks before taking the perplexity
+        # sharded across ranks too, every window once; LMModule sums the loss over ranks before dividing
         return resumable_loader(
-            self.val_set, hp.batch_size, hp.seed, shuffle=False, trainer=self.trainer, num_workers=hp.num_workers
+            self.val_set,
+            hp.batch_size,
+            hp.seed,
+            shuffle=False,
+            trainer=self.trainer,
+            even=False,
+            num_workers=hp.num_workers,
         )
 
 
@@ -286,6 +292,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             shuffle=shuffle,
             trainer=self.trainer,
             position=position,
+            even=shuffle,  # training: equal shards; evaluation: every example once (ClassifierModule sums)
             collate_fn=collate_classification,
             num_workers=hp.num_workers,
         )

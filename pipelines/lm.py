@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 
 from mamba_bio.tokenizer import NUCLEOTIDE_IDS
 from pipelines.common import pass_epoch_to_dataset
@@ -111,7 +112,10 @@ class LMModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.scored_ids = NUCLEOTIDE_IDS if score_nucleotides_only else None
-        self._val_sum = self._val_count = None
+        # mean loss per scored token over the whole validation epoch: torchmetrics keeps the sum of
+        # losses and the token count and sums both over ranks before dividing, so the loss and the
+        # perplexity are those of all validation tokens, however unevenly the ranks' shards split them
+        self.val_token_loss = MeanMetric().set_dtype(torch.float64)
 
     def forward(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         if seq_idx is None:
@@ -136,18 +140,10 @@ class LMModule(pl.LightningModule):
             self.log("train/seq_len", float(batch.shape[1]), on_step=True, on_epoch=False)
         total, count = lm_loss(self(batch, seq_idx), batch, self.scored_ids, seq_idx)
         loss = total / count.clamp(min=1)
-        self.log(
-            f"{stage}/loss",
-            loss,
-            prog_bar=True,
-            on_step=stage == "train",
-            on_epoch=stage != "train",
-            batch_size=batch.shape[0],
-            sync_dist=stage != "train",  # validation is sharded across ranks: average over all of them
-        )
-        if stage != "train":
-            self._val_sum += total.detach().double()
-            self._val_count += count.detach()
+        if stage == "train":
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch.shape[0])
+        else:  # weight: a batch with no scored token adds nothing
+            self.val_token_loss.update(total.detach().double() / count.clamp(min=1), weight=count.double())
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -156,20 +152,16 @@ class LMModule(pl.LightningModule):
     def on_train_epoch_start(self):
         pass_epoch_to_dataset(self)
 
-    def on_validation_epoch_start(self):
-        self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._val_count = torch.zeros((), dtype=torch.long, device=self.device)
-
     def validation_step(self, batch, batch_idx):
         return self._shared_step(batch, "val")
 
     def on_validation_epoch_end(self):
-        # perplexity over all scored tokens of the epoch (not a mean of per-batch perplexities)
-        # each rank scored its shard of the windows: sum over ranks first (a no-op on one device)
-        total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
-        count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
-        mean = (total / count.clamp(min=1)).float()
+        # perplexity over all scored tokens of the epoch (not a mean of per-batch perplexities);
+        # compute() sums every rank's states first (a no-op on one device)
+        mean = self.val_token_loss.compute().float()
+        self.val_token_loss.reset()
         # already equal on every rank; sync_dist only tells Lightning so (and keeps it from warning)
+        self.log("val/loss", mean, prog_bar=True, sync_dist=True)
         self.log("val/ppl", torch.exp(mean), prog_bar=True, sync_dist=True)
         self.log("val/bits_per_base", mean / math.log(2), sync_dist=True)
 

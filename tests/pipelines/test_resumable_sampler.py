@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.common import ResumableSampler, resumable_loader
+from pipelines.common import ResumableSampler, resumable_loader, translate_position
 
 
 def test_order_is_fixed_by_seed_and_epoch():
@@ -50,3 +50,41 @@ def test_resumable_loader_batches_in_sampler_order():
     loader = resumable_loader(data, 3, seed=0, shuffle=True, position=(0, 1))
     order = list(ResumableSampler(10, 3, seed=0))
     assert [int(x) for batch in loader for x in batch] == order[3:]
+
+
+@pytest.mark.parametrize("n, world_size", [(5, 2), (51, 4), (3, 4)])
+def test_evaluation_shards_score_every_item_once(n, world_size):
+    samplers = [
+        ResumableSampler(n, 2, shuffle=False, rank=r, world_size=world_size, even=False) for r in range(world_size)
+    ]
+    shards = [list(s) for s in samplers]
+    assert sorted(i for shard in shards for i in shard) == list(range(n))  # nothing dropped, nothing twice
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert [len(s) for s in samplers] == [max(1, len(shard)) for shard in shards]  # never 0, see the docstring
+
+
+@pytest.mark.parametrize("saved, now, batches", [(2, 1, 3), (1, 2, 4), (1, 2, 5), (3, 2, 2), (2, 4, 3)])
+def test_translated_position_continues_the_epoch_on_another_world_size(saved, now, batches):
+    n, size = 61, 3
+    epoch = ResumableSampler(n, size, seed=5)
+    epoch.set_epoch(1)
+    order = list(epoch)
+    trained = []
+    for r in range(saved):
+        before = ResumableSampler(n, size, seed=5, rank=r, world_size=saved)
+        before.set_epoch(1)
+        trained += list(before)[: batches * size]
+    rest = []
+    for r in range(now):
+        after = ResumableSampler(n, size, seed=5, rank=r, world_size=now)
+        after.set_position(1, translate_position(batches, saved, now))
+        rest += list(after)
+    assert sorted(trained) == sorted(order[: batches * size * saved])  # what the saved run had trained
+    again = set(trained) & set(rest)
+    assert len(again) < now * size  # rounding down to a whole batch repeats less than one batch per rank
+    if batches * saved % now == 0:
+        assert not again  # an exact continuation
+    usable = n - n % now
+    assert set(trained) | set(rest) >= set(order[: batches * size * saved]) | set(
+        order[batches * size * saved : usable]
+    )  # nothing of the epoch is skipped
