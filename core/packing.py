@@ -142,6 +142,32 @@ class EpochPlans:
         return padded_fraction(self.lengths, self.row_length)
 
 
+class PackedRows:
+    """What a Dataset of packed rows shares whatever its records are (DNA intervals, audio clips):
+    the current epoch's plan, its row count and its padding shares. A subclass sets `_plans`
+    (EpochPlans) in its __init__; the training loop sets `epoch`."""
+
+    epoch = 0
+    _plans: EpochPlans
+
+    def plan(self) -> PackPlan:
+        """This epoch's rows (the row count is the same every epoch: only the order changes)."""
+        return self._plans(self.epoch)
+
+    def __len__(self) -> int:
+        return len(self.plan()) if len(self._plans.lengths) else 0
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of the rows' positions that are padding (alignment, and the end of the last row)."""
+        return self.plan().padding_fraction
+
+    @property
+    def padding_fraction_unpacked(self) -> float:
+        """The same share if each record were tiled into its own rows of L, its last row padded."""
+        return self._plans.padding_fraction_unpacked
+
+
 def padded_fraction(lengths: Sequence[int], row_length: int) -> float:
     """Padding share without packing: each record tiled into its own rows of `row_length`, the last padded."""
     lengths = np.asarray(lengths, dtype=np.int64)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.packing import EpochPlans, PackPlan
+from core.packing import EpochPlans, PackedRows
 
 from . import quantize
 from .errors import AudioDatasetError, AudioReadError
@@ -154,7 +154,7 @@ class AudioWindows(Dataset):
         return to_example(self.windows[index], self.quantization)
 
 
-class PackedClips(Dataset):
+class PackedClips(PackedRows, Dataset):
     """Whole clips packed into rows of `length_samples` (see the module docstring).
 
     Item: (inputs (L,) int64, targets (L,) int64, seq_idx (L,) int32); padding positions have
@@ -200,23 +200,6 @@ class PackedClips(Dataset):
             self.files.append(Path(path))
             self.classes.append(encode(torch.from_numpy(np.ascontiguousarray(clip))).to(torch.uint8))
         self._plans = EpochPlans([c.shape[0] for c in self.classes], length_samples, align, seed, shuffle)
-
-    def plan(self) -> PackPlan:
-        """This epoch's rows."""
-        return self._plans(self.epoch)
-
-    def __len__(self) -> int:
-        return len(self.plan()) if self.classes else 0
-
-    @property
-    def padding_fraction(self) -> float:
-        """Share of the rows' samples that are padding (alignment, and the end of the last row)."""
-        return self.plan().padding_fraction
-
-    @property
-    def padding_fraction_unpacked(self) -> float:
-        """The same share if each clip were tiled into its own rows of L, its last row zero-padded."""
-        return self._plans.padding_fraction_unpacked
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         plan = self.plan()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.packing import EpochPlans, PackPlan
+from core.packing import EpochPlans, PackedRows
 
 from .errors import WindowError
 from .fasta import Genome
@@ -42,7 +42,7 @@ def record_splits(genome: Genome, valid_fraction: float = 0.1) -> list[Interval]
     return intervals
 
 
-class PackedRecords(Dataset):
+class PackedRecords(PackedRows, Dataset):
     """Rows of `length` tokens packed from intervals of one or more genomes.
 
     Item: (ids (L,) int64, seq_idx (L,) int32); the unused end of the last row is [PAD] with a
@@ -73,23 +73,6 @@ class PackedRecords(Dataset):
             raise WindowError("no sequence to pack: every interval is empty")
         self.epoch = 0  # set by the training loop (pipelines.common.pass_epoch_to_dataset)
         self._plans = EpochPlans(lengths, length, seed=seed, shuffle=shuffle)
-
-    def plan(self) -> PackPlan:
-        """This epoch's rows (the row count is the same every epoch: only the order changes)."""
-        return self._plans(self.epoch)
-
-    def __len__(self) -> int:
-        return len(self.plan())
-
-    @property
-    def padding_fraction(self) -> float:
-        """Share of the rows' tokens that are padding (only the last row has any)."""
-        return self.plan().padding_fraction
-
-    @property
-    def padding_fraction_unpacked(self) -> float:
-        """The same share if each interval were tiled into its own rows of L, its last row padded."""
-        return self._plans.padding_fraction_unpacked
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         plan = self.plan()

@@ -1,7 +1,13 @@
-"""Shared test set-up: seeds, and the `gpu` marker skipped on machines without CUDA."""
+"""Shared test set-up: seeds, the `gpu` marker skipped on machines without CUDA, and a local HTTP
+file server for the fetch tests."""
+
+import http.server
+import threading
 
 import pytest
 import torch
+
+from tests.http_server import RangeHandler
 
 
 @pytest.fixture(autouse=True)
@@ -25,3 +31,17 @@ def pytest_configure(config):
 
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def server(tmp_path):
+    """(root folder served, base URL, list of (path, Range header) requests) of a 127.0.0.1 file server thread."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = type("H", (RangeHandler,), {"root": root, "requests": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}", handler.requests
+    httpd.shutdown()
+    httpd.server_close()

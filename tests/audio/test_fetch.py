@@ -5,7 +5,6 @@ import hashlib
 import io
 import json
 import tarfile
-import zipfile
 
 import pytest
 import yaml
@@ -16,7 +15,7 @@ from mamba_audio.cli import main
 from mamba_audio.manifests import audio_manifests, load_manifest
 from mamba_audio.sc09 import DIGITS, list_splits
 from tests.audio.sc09_layout import write_speech_commands
-from tests.bio.test_fetch import server  # noqa: F401 - the local HTTP server fixture (Range-aware)
+from tests.http_server import zip_bytes
 
 LISTS = ["validation_list.txt", "testing_list.txt"]
 
@@ -27,14 +26,6 @@ def _tar_gz(folder) -> bytes:
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for path in sorted(folder.rglob("*")):
             tar.add(path, arcname="./" + path.relative_to(folder).as_posix(), recursive=False)
-    return buffer.getvalue()
-
-
-def _zip(members: dict) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as z:
-        for name, data in members.items():
-            z.writestr(name, data)
     return buffer.getvalue()
 
 
@@ -124,7 +115,7 @@ def test_sha256_mismatch_exits_2_and_leaves_nothing(sc09_archive, tmp_path, monk
 
 def test_null_checksum_is_reported_unverified_and_zip_top_folder_is_the_data(server, tmp_path, monkeypatch, capsys):  # noqa: F811
     root, url, _ = server
-    data = _zip({"piano/a.wav": b"RIFFa", "piano/b.wav": b"RIFFb"})
+    data = zip_bytes({"piano/a.wav": b"RIFFa", "piano/b.wav": b"RIFFb"})
     (root / "piano.zip").write_bytes(data)
     entry = {"name": "piano.zip", "url": f"{url}/piano.zip", "size": None, "sha256": None, "unpack": "unzip"}
     _manifests(tmp_path, monkeypatch, entry, quantization="linear")

@@ -2,59 +2,15 @@
 
 import gzip
 import hashlib
-import http.server
-import threading
-from pathlib import Path
 
 import pytest
 import yaml
 
 from mamba_bio.errors import ChecksumError, ManifestNotFoundError
 from mamba_bio.manifests import fetch, load_manifest, sha256_of
+from tests.http_server import zip_bytes
 
 PAYLOAD = b">chrT\n" + b"ACGTTGCA" * 4000 + b"\n"
-
-
-class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves files from `root`; honours `Range: bytes=N-` like a real file server."""
-
-    root: Path
-    requests: list
-
-    def do_GET(self):  # noqa: N802 - http.server API
-        path = self.root / self.path.lstrip("/")
-        self.requests.append((self.path, self.headers.get("Range")))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        rng = self.headers.get("Range")
-        if rng:
-            start = int(rng.split("=")[1].rstrip("-"))
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            data = data[start:]
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = type("H", (RangeHandler,), {"root": root, "requests": []})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}", handler.requests
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def _manifest(tmp_path, files):
@@ -139,20 +95,9 @@ def test_shipped_manifests_parse_and_bundled_samples_verify():
     assert len(result["files"]) == 20
 
 
-def _zip_bytes(members: dict) -> bytes:
-    import io
-    import zipfile
-
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
 def test_unzip_unpack_extracts_into_a_folder(server, tmp_path):
     root, url, _ = server
-    (root / "clips.zip").write_bytes(_zip_bytes({"a/one.wav": b"RIFF1", "two.wav": b"RIFF2"}))
+    (root / "clips.zip").write_bytes(zip_bytes({"a/one.wav": b"RIFF1", "two.wav": b"RIFF2"}))
     manifests = _manifest(tmp_path, [{"name": "clips.zip", "url": f"{url}/clips.zip", "unpack": "unzip"}])
     result = fetch("toy", tmp_path / "data", progress=False, directory=manifests)
     folder = tmp_path / "data" / "clips"
@@ -162,7 +107,7 @@ def test_unzip_unpack_extracts_into_a_folder(server, tmp_path):
 
 def test_unzip_refuses_members_outside_the_folder(server, tmp_path):
     root, url, _ = server
-    (root / "evil.zip").write_bytes(_zip_bytes({"../escaped.txt": b"x"}))
+    (root / "evil.zip").write_bytes(zip_bytes({"../escaped.txt": b"x"}))
     manifests = _manifest(tmp_path, [{"name": "evil.zip", "url": f"{url}/evil.zip", "unpack": "unzip"}])
     with pytest.raises(ValueError, match="outside the folder"):
         fetch("toy", tmp_path / "data", progress=False, directory=manifests)

@@ -5,32 +5,21 @@ print one JSON line."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
+
+from tests.pipelines.launch import console_script
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bio"
 AUDIO = Path(__file__).resolve().parents[1] / "data" / "audio"
 
 
-def _console_script(name: str) -> str:
-    # Lightning's launcher starts the extra rank by re-running sys.argv, so the command must be
-    # the installed script itself (not `python -c`)
-    beside = Path(sys.executable).with_name(name)
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} is not installed (pip install -e .)")
-    return found
-
-
 def test_two_process_ddp_pretrain(tmp_path):
     out = tmp_path / "ddp"
     command = [
-        _console_script("mamba-bio"), "pretrain",
+        console_script("mamba-bio"), "pretrain",
         "--device", "cpu",
         "--fasta", str(DATA / "two_records.fa"),
         "--length", "32",
@@ -61,7 +50,7 @@ def test_two_process_ddp_pretrain(tmp_path):
 def test_two_process_ddp_audio_pretrain(tmp_path):
     out = tmp_path / "ddp-audio"
     command = [
-        _console_script("mamba-audio"), "pretrain",
+        console_script("mamba-audio"), "pretrain",
         "--data", str(AUDIO),
         "--device", "cpu",
         "--d-model", "8",

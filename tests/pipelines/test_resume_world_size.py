@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from mamba_bio.cli import main
+from tests.pipelines.launch import console_script
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bio"
 # two_records.fa with L=32: 11 training windows (every 20th held out), batch 2: an epoch is 3
@@ -26,17 +24,8 @@ ARGS = [
 ]  # fmt: skip
 
 
-def _console_script(name: str) -> str:
-    # Lightning's launcher starts the extra rank by re-running sys.argv: use the installed script
-    beside = Path(sys.executable).with_name(name)
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} is not installed (pip install -e .)")
-    return found
-
-
 def _two_processes(out: Path, max_steps: int, *extra: str) -> dict:
-    command = [_console_script("mamba-bio"), *ARGS, "--max-steps", str(max_steps), "--devices", "2"]
+    command = [console_script("mamba-bio"), *ARGS, "--max-steps", str(max_steps), "--devices", "2"]
     done = subprocess.run([*command, "--strategy", "ddp", "--out", str(out), *extra], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
