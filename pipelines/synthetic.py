@@ -90,7 +90,7 @@ def _forward(model: MambaLM, ids: torch.Tensor) -> torch.Tensor:
 
 def _make_task(args):
     if args.task == "copying":
-        return lambda n, g: selective_copying_batch(n, args.length, args.n_tokens, args.vocab, g)
+        return lambda n, g, length=None: selective_copying_batch(n, length or args.length, args.n_tokens, args.vocab, g)
     return lambda n, g, length=None: induction_batch(n, length or args.length, args.vocab, g)
 
 
@@ -99,16 +99,20 @@ def train(args) -> dict:
                           ("cpu" if args.device == "auto" else args.device))  # fmt: skip
     torch.manual_seed(args.seed)
     make = _make_task(args)
-    config = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=args.vocab, mixer=args.mixer)
-    model = MambaLM(config).to(device)
+    if args.init:  # continue from a model this script saved (its own config)
+        model = MambaLM.from_pretrained(args.init).to(device)
+    else:
+        config = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=args.vocab, mixer=args.mixer)
+        model = MambaLM(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1)))
     )
     data_gen = torch.Generator().manual_seed(args.seed)
-    losses, curve, start = [], [], time.time()
+    losses, curve, tokens, start = [], [], 0, time.time()
     for step in range(args.steps):
-        ids, targets = (t.to(device) for t in make(args.batch, data_gen))
+        ids, targets = (t.to(device) for t in make(args.batch, data_gen, length=train_length(args, step)))
+        tokens += ids.numel()
         logits = _forward(model, ids)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
         optimizer.zero_grad(set_to_none=True)
@@ -133,12 +137,15 @@ def train(args) -> dict:
 
     model.eval()
     seconds = time.time() - start
-    tokens = len(losses) * args.batch * (args.length + (args.n_tokens if args.task == "copying" else 0))
     result = {"task": args.task, "mixer": args.mixer, "steps": len(losses), "max_steps": args.steps,
               "train_length": args.length, "batch": args.batch, "lr": args.lr, "device": str(device),
               "train_seconds": round(seconds, 1), "train_tokens_per_s": round(tokens / seconds),
               "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:]),
-              "monitor_curve": curve}  # fmt: skip
+              "monitor_curve": curve, "curriculum_start": args.curriculum_start or None,
+              "init": args.init}  # fmt: skip
+    if args.out:  # the trained model, to evaluate again or continue (--init)
+        model.save_pretrained(Path(args.out) / "model")
+        result["model"] = str(Path(args.out) / "model")
     test_seed = args.seed + 10_000  # fixed, disjoint from training
     if args.task == "copying":
         result["accuracy"] = accuracy(model, fixed_set(make, args.eval_size, args.batch, test_seed, device))
@@ -154,6 +161,14 @@ def train(args) -> dict:
         if args.out:
             result["plot"] = str(_plot(per_length, Path(args.out), args.length))
     return result
+
+
+def train_length(args, step: int) -> int:
+    """The training length at `step`: args.length, or with a curriculum, curriculum_start doubled
+    every curriculum_steps steps up to args.length (the monitor and test sets stay at args.length)."""
+    if not args.curriculum_start:
+        return args.length
+    return min(args.length, args.curriculum_start * 2 ** (step // args.curriculum_steps))
 
 
 def _plot(per_length: dict, out: Path, train_length: int) -> Path:
@@ -199,6 +214,9 @@ def parse_args(argv=None):
     p.add_argument("--time-budget", type=float, default=0, help="stop training after this many seconds (0: none)")
     p.add_argument("--eval-lengths", type=int, nargs="+", default=[2**k for k in range(6, 21)])
     p.add_argument("--eval-tokens-per-batch", type=int, default=2**22)
+    p.add_argument("--curriculum-start", type=int, default=0, help="train from this length, doubling (0: none)")
+    p.add_argument("--curriculum-steps", type=int, default=500, help="steps between doublings of the length")
+    p.add_argument("--init", default=None, help="start from a model folder this script saved (<out>/model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)

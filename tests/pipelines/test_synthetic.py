@@ -1,11 +1,12 @@
 """The synthetic tasks: generators put the answer where it belongs, and a tiny model learns on CPU."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from pipelines.synthetic import IGNORE, induction_batch, main, selective_copying_batch
+from pipelines.synthetic import IGNORE, induction_batch, main, parse_args, selective_copying_batch, train_length
 
 
 def test_copying_answer_is_the_scattered_tokens_in_order():
@@ -63,3 +64,25 @@ def test_tiny_induction_run_evaluates_each_length_and_plots(tmp_path):
     assert set(result["accuracy_by_length"]) == {"8", "32"}
     assert result["final_loss"] < result["first_loss"]
     assert (tmp_path / "induction_accuracy.png").stat().st_size > 1000
+
+
+def test_curriculum_doubles_the_training_length_up_to_the_target():
+    args = parse_args(["copying", "--length", "4096", "--curriculum-start", "256", "--curriculum-steps", "100"])
+    lengths = [train_length(args, step) for step in (0, 99, 100, 250, 399, 400, 10_000)]
+    assert lengths == [256, 256, 512, 1024, 2048, 4096, 4096]
+    assert train_length(parse_args(["copying", "--length", "64"]), 5) == 64  # no curriculum
+
+
+def test_saved_model_continues_with_init_and_early_stop_and_budget(tmp_path):
+    common = ["--length", "16", "--vocab", "6", "--d-model", "16", "--batch", "8", "--eval-size", "8",
+              "--eval-lengths", "16", "--device", "cpu", "--monitor-size", "8"]  # fmt: skip
+    first = main(["induction", *common, "--steps", "4", "--out", str(tmp_path / "a")])
+    model_dir = Path(first["model"])
+    assert (model_dir / "model.safetensors").exists()
+    # the monitor reaches a target of 0 at once: training stops at the first evaluation
+    again = main(["induction", *common, "--steps", "50", "--eval-every", "2", "--target-accuracy", "0",
+                  "--init", str(model_dir), "--out", str(tmp_path / "b")])  # fmt: skip
+    assert again["steps"] == 2 and len(again["monitor_curve"]) == 1
+    # started from the saved weights: its first loss is the first run's last, not a fresh model's
+    fresh = main(["induction", *common, "--steps", "2", "--out", str(tmp_path / "c")])
+    assert abs(again["first_loss"] - fresh["first_loss"]) > 1e-6
