@@ -38,8 +38,10 @@ class GraphedStep:
     """One decoding step captured as a CUDA graph and replayed: a step of a small model is dozens
     of tiny kernels whose launch overhead dominates; a replay launches them all at once.
 
-    `step(tokens (B,), cache) -> logits (B, V)` must update the cache *in place* (as Mamba's step
-    does): the graph reads and writes the cache tensors it saw at capture time.
+    `step(tokens (B,), cache) -> tensor` (the logits (B, V), or the next tokens (B,) when the
+    sampling is captured too) must update the cache *in place* (as Mamba's step does): the graph
+    reads and writes the cache tensors it saw at capture time. The returned tensor is the graph's
+    output buffer, overwritten by the next replay.
     """
 
     def __init__(self, step: Callable, cache: InferenceCache, batch_size: int, device: torch.device):
@@ -55,12 +57,12 @@ class GraphedStep:
             t.copy_(s)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = step(self.tokens, cache)
+            self.output = step(self.tokens, cache)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         self.tokens.copy_(tokens)
         self.graph.replay()
-        return self.logits
+        return self.output
 
 
 def sample_logits(
@@ -73,6 +75,9 @@ def sample_logits(
     """Draw one token per row from logits (B, V); returns (B,) int64.
 
     temperature 0 means greedy (argmax); top_k 0 and top_p 1.0 disable those filters.
+    The draw is the Gumbel-max trick, argmax(logits - log(-log U)) with U uniform, which samples
+    softmax(logits) exactly and uses only ops a CUDA graph can capture (no multinomial, no host
+    sync), so decoding can replay step and sampling as one graph.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0; got {temperature}")
@@ -83,7 +88,7 @@ def sample_logits(
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
-    candidates = None  # (B, k) vocabulary ids of the rows of `logits` after a top-k cut
+    candidates = None  # (B, k) vocabulary ids of the columns of `logits` after a top-k cut
     if 0 < top_k < logits.shape[-1]:
         # top-p then only needs the k best, already sorted: no sort over the whole vocabulary
         logits, candidates = torch.topk(logits, top_k, dim=-1)  # (B k), descending
@@ -93,5 +98,8 @@ def sample_logits(
         probs = torch.softmax(logits, dim=-1)
         # drop a token once the mass *before* it already reaches top_p: the top token always stays
         logits = logits.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, float("-inf"))
-    choice = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)  # (B 1)
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device)
+    # U = 0 would give -inf noise (never chosen); the clamp keeps log(-log U) finite
+    gumbel = -torch.log(-torch.log(uniform.clamp_(min=torch.finfo(torch.float32).tiny)))
+    choice = (logits + gumbel).argmax(dim=-1, keepdim=True)  # (B 1)
     return (choice if candidates is None else candidates.gather(-1, choice)).squeeze(-1)

@@ -179,17 +179,27 @@ class MambaLM(nn.Module):
         """
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"generate: input_ids must be (batch, length >= 1); got shape {tuple(input_ids.shape)}")
+        if max_new_tokens < 0:
+            raise ValueError(f"generate: max_new_tokens must be >= 0; got {max_new_tokens}")
+        if max_new_tokens == 0:
+            return input_ids.clone()
         cache = self.new_cache(input_ids.shape[0])
-        logits = self(input_ids, cache=cache)[:, -1]  # (B V)
-        step = lambda tokens: self.step(tokens, cache)
+        sample = lambda logits: sample_logits(logits[:, : self.config.vocab_size], temperature, top_k, top_p, generator)
+        token = sample(self(input_ids, cache=cache)[:, -1])  # (B,) from the prompt's last logits
+        next_token = lambda tokens: sample(self.step(tokens, cache))
         if (input_ids.is_cuda if cuda_graph is None else cuda_graph) and max_new_tokens > 1:
-            step = GraphedStep(self.step, cache, input_ids.shape[0], input_ids.device)
-        out = [input_ids]
-        for i in range(max_new_tokens):
-            token = sample_logits(logits[:, : self.config.vocab_size], temperature, top_k, top_p, generator)
-            out.append(token[:, None])
-            if i + 1 < max_new_tokens:
-                logits = step(token)
+            # with the default generator the draw is captured too (graph-safe RNG): one replay per
+            # token; a user generator cannot be captured, so only the step is replayed then
+            if generator is None:
+                step_and_sample = lambda tokens, c: sample(self.step(tokens, c))
+                next_token = GraphedStep(step_and_sample, cache, input_ids.shape[0], input_ids.device)
+            else:
+                graphed = GraphedStep(self.step, cache, input_ids.shape[0], input_ids.device)
+                next_token = lambda tokens: sample(graphed(tokens))
+        out = [input_ids, token[:, None]]
+        for _ in range(max_new_tokens - 1):
+            token = next_token(token)
+            out.append(token[:, None].clone())  # a graph reuses its output buffer
         cache.seqlen_offset = input_ids.shape[1] + max_new_tokens - 1  # graph replays skip the Python counter
         return torch.cat(out, dim=1)
 

@@ -32,3 +32,21 @@ def test_cuda_graph_decoding_equals_plain_steps(batch):
     graphed = model.generate(prompt, 40, temperature=0, cuda_graph=True)
     plain = model.generate(prompt, 40, temperature=0, cuda_graph=False)
     assert torch.equal(graphed, plain)
+
+
+def test_graph_with_captured_sampling_is_seeded_and_samples():
+    """With the default generator the draw is replayed inside the decoding graph: the same seed
+    gives the same tokens, tokens stay in the vocabulary and (temperature 1) are not all equal."""
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=64, n_layer=2, vocab_size=13)).cuda().eval()
+    prompt = torch.randint(0, 13, (4, 3), device="cuda")
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        runs.append(model.generate(prompt, 60, top_k=5, top_p=0.9, cuda_graph=True))
+    assert torch.equal(runs[0], runs[1])
+    new = runs[0][:, 3:]
+    assert new.min() >= 0 and new.max() < 13 and new.unique().numel() > 1
+    # a user generator: only the step is graphed, the draw runs outside and follows the generator
+    g = lambda: torch.Generator(device="cuda").manual_seed(5)
+    assert torch.equal(model.generate(prompt, 20, generator=g()), model.generate(prompt, 20, generator=g()))

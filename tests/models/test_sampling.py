@@ -47,3 +47,20 @@ def test_temperature_zero_is_argmax_and_low_temperature_sharpens():
 def test_bad_sampling_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sample_logits(torch.zeros(1, 4), **kwargs)
+
+
+def test_gumbel_draws_follow_the_softmax():
+    """The Gumbel-max draw samples softmax(logits / temperature) exactly: frequencies match it."""
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    n = 40_000
+    for temperature in (1.0, 0.5):
+        logits = (probs.log() * temperature).repeat(n, 1)  # softmax(logits / T) == probs
+        draws = sample_logits(logits, temperature=temperature, generator=torch.Generator().manual_seed(3))
+        freq = torch.bincount(draws, minlength=4).float() / n
+        torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)  # ~4 standard errors at n = 40k
+
+
+def test_seeded_draws_repeat_and_differ_across_seeds():
+    logits = torch.randn(64, 50)
+    a, b, c = (sample_logits(logits, generator=torch.Generator().manual_seed(s)) for s in (0, 0, 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
