@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from core.generation import GraphedStep, InferenceCache, sample_logits
 from core.modules.lti import MambaLTI
 from core.modules.mamba import Mamba
-from core.modules.norm import RMSNorm
+from core.modules.norm import RMSNorm, add_rms_norm_autograd
 from core.ops import add_rms_norm
 
 
@@ -61,8 +61,11 @@ def make_norm(config: MambaConfig) -> nn.Module:
 
 def add_norm(norm: nn.Module, hidden, residual, residual_in_fp32: bool, backend: str = "auto"):
     """residual += hidden, then hidden = norm(residual); the residual stream optionally kept in fp32.
-    RMSNorm outside autograd on CUDA is one fused kernel (`core.ops.add_rms_norm`)."""
+    RMSNorm: under autograd a function with a smaller backward, outside it on CUDA one fused
+    kernel (`core.ops.add_rms_norm`)."""
     if isinstance(norm, RMSNorm):
+        if torch.is_grad_enabled():  # training: the backward that keeps less (core.modules.norm)
+            return add_rms_norm_autograd(hidden, residual, norm.weight, norm.eps, residual_in_fp32)
         return add_rms_norm(hidden, residual, norm.weight, norm.eps, residual_in_fp32, backend=backend)
     residual = hidden if residual is None else hidden + residual
     hidden = norm(residual.to(norm.weight.dtype))

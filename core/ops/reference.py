@@ -127,9 +127,10 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x / sqrt(mean(x^2) + eps) * weight over the last axis, statistics in float32; x's dtype out.
     float32 statistics: a bf16 mean of squares over 768+ channels loses ~3 digits."""
-    x_f = x.float()
+    acc = torch.promote_types(x.dtype, torch.float32)  # float64 stays float64 (gradcheck)
+    x_f = x.to(acc)
     y = x_f * torch.rsqrt(x_f.pow(2).mean(-1, keepdim=True) + eps)
-    return (y * weight.float()).to(x.dtype)
+    return (y * weight.to(acc)).to(x.dtype)
 
 
 def add_rms_norm_ref(hidden, residual, weight, eps: float, residual_in_fp32: bool):
@@ -138,7 +139,7 @@ def add_rms_norm_ref(hidden, residual, weight, eps: float, residual_in_fp32: boo
     Returns (normed in weight's dtype, residual; float32 if residual_in_fp32)."""
     residual = hidden if residual is None else hidden + residual
     normed = rms_norm_ref(residual.to(weight.dtype), weight, eps)
-    return normed, residual.float() if residual_in_fp32 else residual
+    return normed, residual.to(torch.promote_types(residual.dtype, torch.float32)) if residual_in_fp32 else residual
 
 
 def causal_conv1d_step_ref(conv_state, x, weight, bias=None):
