@@ -42,27 +42,39 @@ class GraphedStep:
     sampling is captured too) must update the cache *in place* (as Mamba's step does): the graph
     reads and writes the cache tensors it saw at capture time. The returned tensor is the graph's
     output buffer, overwritten by the next replay.
+
+    phases > 1: a model whose step takes a different path by position (the U-Net's pooled stages
+    run every p-th sample) is called as `step(tokens, cache, phase)` and one graph is captured per
+    phase (sharing one memory pool); `graphed(tokens, phase)` replays that phase's graph.
+    `cache` is anything with `tensors()`, the state tensors to restore after the warm-up.
     """
 
-    def __init__(self, step: Callable, cache: InferenceCache, batch_size: int, device: torch.device):
+    def __init__(self, step: Callable, cache, batch_size: int, device: torch.device, phases: int = 1):
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
+        run = (
+            (lambda phase: step(self.tokens, cache)) if phases == 1 else (lambda phase: step(self.tokens, cache, phase))
+        )
         saved = [t.clone() for t in cache.tensors()]
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # warm-up: cuBLAS handles, Triton compilation
-            for _ in range(2):
-                step(self.tokens, cache)
+            for phase in [0, 0] if phases == 1 else range(phases):
+                run(phase)
         torch.cuda.current_stream(device).wait_stream(side)
         for t, s in zip(cache.tensors(), saved):  # the warm-up steps must not count
             t.copy_(s)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = step(self.tokens, cache)
+        pool = torch.cuda.graph_pool_handle()
+        self.graphs, self.outputs = [], []
+        for phase in range(phases):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.outputs.append(run(phase))
+            self.graphs.append(graph)
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, phase: int = 0) -> torch.Tensor:
         self.tokens.copy_(tokens)
-        self.graph.replay()
-        return self.output
+        self.graphs[phase].replay()
+        return self.outputs[phase]
 
 
 def sample_logits(

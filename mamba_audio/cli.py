@@ -435,8 +435,10 @@ def generate(args) -> dict:
     if args.prompt:
         prompt = quantizer.encode(torch.from_numpy(io.read(args.prompt, rate)))
     batch = args.batch_size or args.num
-    generator = torch.Generator(device=device).manual_seed(args.seed)
     common.seed_everything(args.seed)
+    # on CUDA the default generator, seeded above, lets the draw be replayed inside the decoding
+    # graph (a torch.Generator object cannot be captured); on CPU an explicit one
+    generator = None if device == "cuda" else torch.Generator(device=device).manual_seed(args.seed)
     clips, wall_s = [], 0.0
     for first in range(0, args.num, batch):
         tokens, seconds = timed_generate(

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from core.generation import sample_logits
+from core.generation import GraphedStep, sample_logits
 
 from .quantize import SILENCE_CLASS
 
@@ -32,15 +32,33 @@ def generate(
     prompt: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    cuda_graph: bool | None = None,
 ) -> torch.Tensor:
     """Sample `num` sequences of `length_samples` new classes; returns (num, length_samples) int64.
 
     prompt: (P,) classes every sequence continues (the returned samples follow it). The
     model first reads silence and the prompt one step at a time, exactly as in training, where
     position t sees samples < t behind a leading silence class.
+
+    cuda_graph (default: on CUDA, for models with `step_at`, e.g. Sashimi): replay one captured
+    CUDA graph per sample, one graph per phase of the pooling (position % total_pool); with no
+    `generator` the draw is captured too (the default CUDA generator is graph-safe).
     """
     device = next(model.parameters()).device
     cache = model.new_cache(num)
+    sample = lambda logits: sample_logits(logits, temperature=temperature, top_p=top_p, generator=generator)
+    step = lambda tokens, position: model.step_at(tokens, cache, position)  # logits (num V)
+    next_token = lambda tokens, position: sample(step(tokens, position))
+    use_graph = (device.type == "cuda" and hasattr(model, "step_at")) if cuda_graph is None else cuda_graph
+    if use_graph:
+        phases = model.config.total_pool
+        if generator is None:
+            graphed = GraphedStep(lambda t, c, p: sample(model.step_at(t, c, p)), cache, num, device, phases)
+            next_token = step = lambda tokens, position: graphed(tokens, position % phases)
+        else:
+            graphed = GraphedStep(model.step_at, cache, num, device, phases)
+            step = lambda tokens, position: graphed(tokens, position % phases)
+            next_token = lambda tokens, position: sample(step(tokens, position))
     token = torch.full((num,), SILENCE_CLASS, dtype=torch.long, device=device)
     prompt_len = 0 if prompt is None else int(prompt.shape[0])
     out = torch.empty(num, length_samples, dtype=torch.long, device=device)
@@ -52,15 +70,18 @@ def generate(
         disable=not progress,
         mininterval=1.0,
     )
+    position = cache.position
     for t in range(prompt_len):
-        model.step(token, cache)
+        step(token, position)  # the prompt is read, not sampled
         token = prompt[t].to(device).expand(num)
+        position += 1
         bar.update(1)
     for t in range(length_samples):
-        logits = model.step(token, cache)  # (num V)
-        token = sample_logits(logits, temperature=temperature, top_p=top_p, generator=generator)
+        token = next_token(token, position)
         out[:, t] = token
+        position += 1
         bar.update(1)
+    cache.position = position
     bar.close()
     return out
 

@@ -156,6 +156,10 @@ class SashimiCache:
     up: list[torch.Tensor]
     blocks: list[list[MambaCache]]
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every state tensor (pooling buffers, then the blocks' conv and SSM states)."""
+        return [*self.down, *self.up, *(t for stage in self.blocks for c in stage for t in (c.conv_state, c.ssm_state))]
+
 
 class Sashimi(nn.Module):
     def __init__(self, config: SashimiConfig):
@@ -244,13 +248,14 @@ class Sashimi(nn.Module):
         if level < len(self.down_pools):
             pool = self.down_pools[level].pool
             phase = position % pool
-            up = cache.up[level][:, phase]  # (B H) made by the coarse stage from the previous group
             cache.down[level][:, phase] = x
+            # cache.up (B p H) was made by the coarse stage from the previous group; read it before
+            # a completed group refreshes it (in place, so a captured CUDA graph sees the update)
+            x = cache.up[level][:, phase] + x
             if phase == pool - 1:  # a group is complete: the coarse stage takes one step
                 coarse = self.down_pools[level].linear(cache.down[level].flatten(1))  # (B eH)
                 coarse = self._stage_step(level + 1, coarse, cache, position // pool)
-                cache.up[level] = self.up_pools[level].linear(coarse).view_as(cache.up[level])  # (B p H)
-            x = up + x
+                cache.up[level].copy_(self.up_pools[level].linear(coarse).view_as(cache.up[level]))
         h = x
         for block, block_cache in zip(self.stages[level], cache.blocks[level]):
             h = block.step(h, block_cache)
@@ -258,9 +263,14 @@ class Sashimi(nn.Module):
 
     def step(self, tokens: torch.Tensor, cache: SashimiCache) -> torch.Tensor:
         """tokens: (B,) int64 at position `cache.position` -> logits (B, vocab_size); advances the cache."""
-        x = self._stage_step(0, self.embedding(tokens), cache, cache.position)
+        logits = self.step_at(tokens, cache, cache.position)
         cache.position += 1
-        return self.lm_head(self.norm_f(x))
+        return logits
+
+    def step_at(self, tokens: torch.Tensor, cache: SashimiCache, position: int) -> torch.Tensor:
+        """`step` at an explicit position, leaving cache.position alone. The path through the
+        stages depends only on position % total_pool: a CUDA graph per phase replays any position."""
+        return self.lm_head(self.norm_f(self._stage_step(0, self.embedding(tokens), cache, position)))
 
     # -- save / load ---------------------------------------------------------------------------
     def save_config(self, directory: str | Path) -> Path:

@@ -83,3 +83,26 @@ def test_step_runs_each_stage_at_its_own_rate():
         for t in range(24):
             model.step(torch.tensor([t]), cache)
     assert calls == [24, 12, 4]  # every sample, every 2nd, every 6th
+
+
+def test_greedy_generate_follows_manual_steps_after_a_prompt():
+    """mamba_audio's generate (prompt read step by step, then greedy draws) equals stepping by hand."""
+    from mamba_audio.generation import generate
+    from mamba_audio.quantize import SILENCE_CLASS
+
+    torch.manual_seed(0)
+    model = Sashimi(SashimiConfig(d_model=16, n_layer=1, pool=(2, 2))).eval()
+    prompt = torch.randint(0, 256, (5,))
+    got = generate(model, 2, 9, temperature=0.0, prompt=prompt, progress=False)
+    cache = model.new_cache(2)
+    with torch.no_grad():
+        token = torch.full((2,), SILENCE_CLASS)
+        for t in range(5):
+            model.step(token, cache)
+            token = prompt[t].expand(2)
+        want = []
+        for _ in range(9):
+            token = model.step(token, cache).argmax(-1)
+            want.append(token)
+    assert torch.equal(got, torch.stack(want, 1))
+    assert cache.position == 14
