@@ -668,7 +668,6 @@ def _selective_scan_bwd_kernel(
                 dy *= zz * sig
             # Each (NP, T) tile costs 16 registers a thread: use every tile up before the
             # reverse scan so the backward stays near 8 warps a multiprocessor (see CHUNK).
-            dA0 = tl.sum(tl.where(offs_t[None, :] == 0, dA, 0.0), axis=1)  # (NP,): dA of step 0
             h_prev = h - x  # dA_t * h_{t-1}
             offs_chunk = row * n_chunks + c
             if C_CONST:
@@ -680,9 +679,12 @@ def _selective_scan_bwd_kernel(
                 dA_next *= keep_n[None, :]
             ra, rb = tl.associative_scan((dA_next, Cd * dy[None, :]), 1, _scan_combine, reverse=True)
             g = rb + ra * R[:, None]  # (NP, T)
-            # gradient into h_{c*T - 1}, dA_0 g_0: the carry for the previous chunk
+            # gradient into h_{c*T - 1}, dA_0 g_0: the carry for the previous chunk, stored from
+            # step 0's column of the tile itself (extracting that column with a reduction over the
+            # steps would cost a shuffle tree per state)
             offs_seg = (row * n_seg + pid_s) * d_state + offs_n
-            tl.store(R_ptr + offs_seg, dA0 * tl.sum(tl.where(offs_t[None, :] == 0, g, 0.0), axis=1), mask=n_mask)
+            step0 = n_mask[:, None] & (offs_t == 0)[None, :]
+            tl.store(R_ptr + offs_seg[:, None] + offs_t[None, :] * 0, dA * g, mask=step0)
             if B_CONST:
                 tl.store(dB_ptr + offs_chunk * d_state + offs_n, tl.sum(g * (dt * u)[None, :], axis=1), mask=n_mask)
             else:
