@@ -44,6 +44,8 @@ CLASSES = {
     "load_global": r"^LDG",
     "store_global": r"^STG",
     "local (spills)": r"^(LDL|STL)",
+    "shared": r"^(LDS|STS)",
+    "barrier": r"^BAR",
     "branch": r"^(BRA|BSYNC|BSSY|WARPSYNC)",
 }
 
