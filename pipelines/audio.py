@@ -22,7 +22,7 @@ from torchmetrics import MeanMetric
 from core.models.sashimi import Sashimi
 from mamba_audio.datasets import IGNORE_INDEX, AudioWindows, PackedClips, folder_splits
 from mamba_audio.io import ReadSummary
-from pipelines.common import pass_epoch_to_dataset, resumable_loader
+from pipelines.common import optimizer_groups, pass_epoch_to_dataset, resumable_loader
 
 LN2 = math.log(2.0)
 
@@ -92,15 +92,9 @@ class AudioLM(pl.LightningModule):
         self._log_eval("test")
 
     def configure_optimizers(self):
-        # no weight decay on the SSM parameters marked by the mixers (A, D, dt), norms and biases
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if getattr(p, "_no_weight_decay", False) or p.dim() < 2 or name.endswith(".bias"):
-                no_decay.append(p)
-            else:
-                decay.append(p)
+        # no weight decay on the SSM parameters marked by the mixers (A, D), norms and biases (dt)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            optimizer_groups(self.model, self.hparams.weight_decay),
             lr=self.hparams.learning_rate,
             betas=(0.9, 0.95),
         )

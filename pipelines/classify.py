@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
-from pipelines.common import pass_epoch_to_dataset
+from pipelines.common import optimizer_groups, pass_epoch_to_dataset
 
-from .lm import optimizer_groups, warmup_cosine
+from .lm import warmup_cosine
 
 
 class ClassifierModule(pl.LightningModule):

@@ -422,6 +422,20 @@ def _make_save_last_callback(every_n_steps: int):
 STRATEGIES = ("auto", "ddp", "fsdp")
 
 
+def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: not on norms, biases, embeddings' ties or `_no_weight_decay` params."""
+    decay, no_decay, seen = [], [], set()
+    for name, param in model.named_parameters():
+        if id(param) in seen or not param.requires_grad:
+            continue
+        seen.add(id(param))
+        if param.dim() < 2 or getattr(param, "_no_weight_decay", False) or name.endswith("bias"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def is_global_zero() -> bool:
     """True in the process that writes the run's files: global rank 0 as the launcher set it in the
     environment (Lightning's launcher and torchrun set RANK or LOCAL_RANK, SLURM sets SLURM_PROCID),

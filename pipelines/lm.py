@@ -21,7 +21,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from mamba_bio.tokenizer import NUCLEOTIDE_IDS
-from pipelines.common import pass_epoch_to_dataset
+from pipelines.common import optimizer_groups, pass_epoch_to_dataset
 
 
 def lm_loss(
@@ -49,20 +49,6 @@ def lm_loss(
     losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     losses = losses.view_as(targets) * mask
     return losses.sum(), mask.sum()
-
-
-def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: not on norms, biases, embeddings' ties or `_no_weight_decay` params."""
-    decay, no_decay, seen = [], [], set()
-    for name, param in model.named_parameters():
-        if id(param) in seen or not param.requires_grad:
-            continue
-        seen.add(id(param))
-        if param.dim() < 2 or getattr(param, "_no_weight_decay", False) or name.endswith("bias"):
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:

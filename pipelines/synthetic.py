@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from core.models import MambaConfig, MambaLM
+from pipelines.common import optimizer_groups
 
 IGNORE = -100
 
@@ -104,7 +105,9 @@ def train(args) -> dict:
     else:
         config = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=args.vocab, mixer=args.mixer)
         model = MambaLM(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.98))
+    # decay on matrices only: decaying the dt bias towards 0 (dt = softplus(0) = 0.69) or A_log
+    # would pull every state towards forgetting within a few steps, against what both tasks need
+    optimizer = torch.optim.AdamW(optimizer_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1)))
     )
@@ -138,7 +141,8 @@ def train(args) -> dict:
     model.eval()
     seconds = time.time() - start
     result = {"task": args.task, "mixer": args.mixer, "steps": len(losses), "max_steps": args.steps,
-              "train_length": args.length, "batch": args.batch, "lr": args.lr, "device": str(device),
+              "train_length": args.length, "batch": args.batch, "lr": args.lr, "weight_decay": args.weight_decay,
+              "device": str(device),
               "train_seconds": round(seconds, 1), "train_tokens_per_s": round(tokens / seconds),
               "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:]),
               "monitor_curve": curve, "curriculum_start": args.curriculum_start or None,
@@ -207,6 +211,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay on weight matrices only")
     p.add_argument("--eval-size", type=int, default=512, help="sequences in each fixed evaluation set")
     p.add_argument("--eval-every", type=int, default=0, help="steps between monitor evaluations (0: none)")
     p.add_argument("--monitor-size", type=int, default=256, help="sequences in the monitor set (training length)")
