@@ -1,0 +1,318 @@
+"""Forward Triton kernels of the selective scan (design, launch and autograd: triton_scan.py).
+
+_segment_state_fwd_kernel   each segment's end state from a zero start, and its decay
+_state_passing_kernel       states at segment starts (a scan over segments), also reversed
+_selective_scan_fwd_kernel  the scan proper from those states: y and the chunk states E
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _scan_combine(a1, b1, a2, b2):
+    # (a1, b1) then (a2, b2) as maps h -> a * h + b: h -> a2 * (a1 * h + b1) + b2
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _delta(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """delta after bias and softplus, 0 outside `mask` (exp(0 * A) = 1: padded steps are identities)."""
+    if HAS_BIAS:
+        raw += bias
+    dt = raw
+    if SOFTPLUS:
+        # torch's softplus: linear above 20; exp alone below -15 where log(1 + e^x) rounds to 0
+        dt = tl.where(raw > 20.0, raw, tl.where(raw < -15.0, tl.exp(raw), tl.log(1.0 + tl.exp(raw))))
+    return tl.where(mask, dt, 0.0), raw
+
+
+# Every loop below loads the data of its next iteration before computing the current one
+# (`*_next` variables), so a chunk's few hundred bytes per channel are in flight during the
+# previous chunk's arithmetic rather than waited for. (On the H200 this was worth only a few
+# percent: the kernels are bound by instruction issue, see the module docstring.)
+
+
+@triton.jit
+def _segment_state_fwd_kernel(
+    u_ptr,
+    delta_ptr,
+    A_ptr,
+    B_ptr,
+    bias_ptr,
+    keep_ptr,  # (batch, length): 0 where a packed sequence starts, else 1
+    P_ptr,
+    S_ptr,  # P, S: (batch, dim, n_seg, N)
+    dim,
+    length,
+    d_state,
+    n_chunks,
+    chunks_per_seg,
+    n_seg,
+    b_group_dim,
+    b_groups,
+    DK: tl.constexpr,
+    T: tl.constexpr,
+    NP: tl.constexpr,
+    B_CONST: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    IS_F64: tl.constexpr,
+):
+    """Per segment and channel, the state its steps leave from a zero start (S) and its decay (P).
+
+    With packed sequences a reset zeroes the decay of its step, so only inputs after a segment's
+    last reset reach S, and P is 0 for a segment that holds a reset (its start state is forgotten)."""
+    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
+    pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_t = tl.arange(0, T)
+    offs_n = tl.arange(0, NP)
+    n_mask = offs_n < d_state
+    d0 = pid_d * DK
+    B_base = B_ptr + (pid_b * b_groups + d0 // b_group_dim).to(tl.int64) * d_state * length
+    c_first = pid_s * chunks_per_seg
+    c_end = tl.minimum(c_first + chunks_per_seg, n_chunks)
+    keep_row = keep_ptr + pid_b.to(tl.int64) * length  # shared by every channel of the row
+    for i in range(DK):
+        d = d0 + i
+        row = (pid_b * dim + d).to(tl.int64)
+        A = tl.load(A_ptr + d * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)
+        bias = tl.load(bias_ptr + d).to(ACC) if HAS_BIAS else 0.0
+        if B_CONST:
+            Bd = tl.load(B_ptr + d * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)[:, None]
+        S = tl.zeros([NP], dtype=ACC)
+        total = tl.zeros([NP], dtype=ACC)  # sum of delta over the segment (same in every lane)
+        alive = tl.full([NP], 1.0, ACC)  # 0 once a reset is seen: the segment's start state is gone
+        t_next = c_first * T + offs_t
+        m_next = t_next < length
+        u_next = tl.load(u_ptr + row * length + t_next, mask=m_next, other=0.0)
+        raw_next = tl.load(delta_ptr + row * length + t_next, mask=m_next, other=0.0)
+        if HAS_SEQ:  # padded steps keep (1): they must stay identities
+            keep_next = tl.load(keep_row + t_next, mask=m_next, other=1.0)
+        if not B_CONST:
+            B_next = tl.load(
+                B_base + offs_n[:, None] * length + t_next[None, :], mask=n_mask[:, None] & m_next[None, :], other=0.0
+            )
+        for c in range(c_first, c_end):
+            t = c * T + offs_t
+            t_mask = t < length
+            u = u_next.to(ACC)
+            dt, _ = _delta(raw_next.to(ACC), bias, t_mask, HAS_BIAS, SOFTPLUS)
+            if HAS_SEQ:
+                keep = keep_next.to(ACC)
+            if not B_CONST:
+                Bd = B_next.to(ACC)
+            t_next = t + T
+            m_next = (t_next < length) & (t_next < c_end * T)
+            u_next = tl.load(u_ptr + row * length + t_next, mask=m_next, other=0.0)
+            raw_next = tl.load(delta_ptr + row * length + t_next, mask=m_next, other=0.0)
+            if HAS_SEQ:
+                keep_next = tl.load(keep_row + t_next, mask=m_next, other=1.0)
+            if not B_CONST:
+                B_next = tl.load(
+                    B_base + offs_n[:, None] * length + t_next[None, :],
+                    mask=n_mask[:, None] & m_next[None, :],
+                    other=0.0,
+                )
+            # h_end = sum_t exp(A * (delta after t)) * delta_t B_t u_t: a sum, not a scan
+            after = tl.cumsum(dt, 0, reverse=True) - dt  # (T,)
+            xu = dt * u  # (T,)
+            chunk_total = tl.sum(dt, 0)
+            chunk_decay = tl.exp(A * chunk_total)  # (NP,)
+            if HAS_SEQ:
+                # step t's input reaches the chunk's end only if no sequence starts after t; the
+                # reset counts are small integers, exact in floating point
+                resets = 1.0 - keep
+                later = tl.cumsum(resets, 0, reverse=True) - resets
+                xu = tl.where(later == 0.0, xu, 0.0)
+                chunk_keep = tl.min(keep, 0)  # 0 if the chunk holds a reset
+                chunk_decay *= chunk_keep
+                alive *= chunk_keep
+            S_c = tl.sum(tl.exp(A[:, None] * after[None, :]) * Bd * xu[None, :], axis=1)  # (NP,)
+            S = chunk_decay * S + S_c
+            total += chunk_total
+        offs_seg = (row * n_seg + pid_s) * d_state + offs_n
+        tl.store(S_ptr + offs_seg, S, mask=n_mask)
+        tl.store(P_ptr + offs_seg, tl.exp(A * total) * alive, mask=n_mask)
+
+
+@triton.jit
+def _state_passing_kernel(
+    P_ptr,
+    S_ptr,
+    init_ptr,
+    out_ptr,
+    final_ptr,  # P, S, out: (rows, n_seg, N); init, final: (rows, N)
+    n_seg,
+    d_state,
+    SB: tl.constexpr,
+    NP: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    REVERSE: tl.constexpr,
+    IS_F64: tl.constexpr,
+):
+    """Chain the segments of one row: h_{s+1} = P_s h_s + S_s, blockwise as a scan over segments.
+
+    Forward: out[s] = state entering segment s (out[0] = init), final = state after the last.
+    REVERSE (the backward's gradients): out[s] = gradient entering segment s at its end
+    (out[-1] = init = d last_state), final = gradient into the first segment's start.
+    """
+    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
+    row = tl.program_id(0).to(tl.int64)
+    offs_s = tl.arange(0, SB)
+    offs_n = tl.arange(0, NP)
+    n_mask = offs_n < d_state
+    if HAS_INIT:
+        carry = tl.load(init_ptr + row * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)
+    else:
+        carry = tl.zeros([NP], dtype=ACC)
+    if REVERSE:
+        tl.store(out_ptr + (row * n_seg + n_seg - 1) * d_state + offs_n, carry, mask=n_mask)
+    else:
+        tl.store(out_ptr + row * n_seg * d_state + offs_n, carry, mask=n_mask)
+    n_blocks = tl.cdiv(n_seg, SB)
+    for j in range(0, n_blocks):
+        if REVERSE:
+            blk = n_blocks - 1 - j
+        else:
+            blk = j
+        s = blk * SB + offs_s
+        mask = (s < n_seg)[:, None] & n_mask[None, :]
+        offs = (row * n_seg + s[:, None]) * d_state + offs_n[None, :]  # (SB, NP)
+        # padded segments are identities (P = 1, S = 0)
+        P = tl.load(P_ptr + offs, mask=mask, other=1.0)
+        S = tl.load(S_ptr + offs, mask=mask, other=0.0)
+        a_cum, b_cum = tl.associative_scan((P, S), 0, _scan_combine, reverse=REVERSE)
+        H = b_cum + a_cum * carry[None, :]
+        if not REVERSE:
+            # H[s] leaves segment s, so it enters s + 1: store one row down, no register shift
+            tl.store(out_ptr + offs + d_state, H, mask=mask & (s < n_seg - 1)[:, None])
+            carry = tl.sum(tl.where(offs_s[:, None] == SB - 1, H, 0.0), axis=0)
+        else:
+            tl.store(out_ptr + offs - d_state, H, mask=mask & (s > 0)[:, None])
+            carry = tl.sum(tl.where(offs_s[:, None] == 0, H, 0.0), axis=0)
+    tl.store(final_ptr + row * d_state + offs_n, carry, mask=n_mask)
+
+
+@triton.jit
+def _selective_scan_fwd_kernel(
+    u_ptr,
+    delta_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    bias_ptr,
+    keep_ptr,  # (batch, length): 0 where a packed sequence starts, else 1
+    h0_ptr,  # (batch, dim, n_seg, N): state entering each segment
+    y_ptr,  # (batch, dim, length)
+    E_ptr,  # (batch, dim, n_chunks, N): state leaving each chunk, kept for the backward
+    dim,
+    length,
+    d_state,
+    n_chunks,
+    chunks_per_seg,
+    n_seg,
+    b_group_dim,
+    c_group_dim,
+    b_groups,
+    c_groups,
+    DK: tl.constexpr,
+    T: tl.constexpr,
+    NP: tl.constexpr,
+    B_CONST: tl.constexpr,
+    C_CONST: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    IS_F64: tl.constexpr,
+):
+    """One program: batch pid_b, channels [pid_d * DK, +DK) one after the other, each through the
+    chunks of segment pid_s in order with its state in registers. A packed sequence's first step
+    has decay 0, which drops h_{t-1} inside the chunk's scan and in the carry alike."""
+    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
+    pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_t = tl.arange(0, T)
+    offs_n = tl.arange(0, NP)
+    n_mask = offs_n < d_state
+    d0 = pid_d * DK
+    B_base = B_ptr + (pid_b * b_groups + d0 // b_group_dim).to(tl.int64) * d_state * length
+    C_base = C_ptr + (pid_b * c_groups + d0 // c_group_dim).to(tl.int64) * d_state * length
+    c_first = pid_s * chunks_per_seg
+    c_end = tl.minimum(c_first + chunks_per_seg, n_chunks)
+    keep_row = keep_ptr + pid_b.to(tl.int64) * length  # shared by every channel of the row
+    for i in range(DK):
+        d = d0 + i
+        row = (pid_b * dim + d).to(tl.int64)
+        A = tl.load(A_ptr + d * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)
+        bias = tl.load(bias_ptr + d).to(ACC) if HAS_BIAS else 0.0
+        Dd = tl.load(D_ptr + d).to(ACC) if HAS_D else 0.0
+        if B_CONST:
+            Bd = tl.load(B_ptr + d * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)[:, None]
+        if C_CONST:
+            Cd = tl.load(C_ptr + d * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)[:, None]
+        if HAS_H0:
+            h = tl.load(h0_ptr + (row * n_seg + pid_s) * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)
+        else:
+            h = tl.zeros([NP], dtype=ACC)
+        t_next = c_first * T + offs_t
+        m_next = t_next < length
+        tile_next = n_mask[:, None] & m_next[None, :]
+        u_next = tl.load(u_ptr + row * length + t_next, mask=m_next, other=0.0)
+        raw_next = tl.load(delta_ptr + row * length + t_next, mask=m_next, other=0.0)
+        if HAS_Z:
+            z_next = tl.load(z_ptr + row * length + t_next, mask=m_next, other=0.0)
+        if HAS_SEQ:  # padded steps keep (1): they must stay identities
+            keep_next = tl.load(keep_row + t_next, mask=m_next, other=1.0)
+        if not B_CONST:
+            B_next = tl.load(B_base + offs_n[:, None] * length + t_next[None, :], mask=tile_next, other=0.0)
+        if not C_CONST:
+            C_next = tl.load(C_base + offs_n[:, None] * length + t_next[None, :], mask=tile_next, other=0.0)
+        for c in range(c_first, c_end):
+            t = c * T + offs_t
+            t_mask = t < length
+            u = u_next.to(ACC)
+            dt, _ = _delta(raw_next.to(ACC), bias, t_mask, HAS_BIAS, SOFTPLUS)
+            if HAS_Z:
+                zz = z_next.to(ACC)
+            if HAS_SEQ:
+                keep = keep_next.to(ACC)
+            if not B_CONST:
+                Bd = B_next.to(ACC)
+            if not C_CONST:
+                Cd = C_next.to(ACC)
+            t_next = t + T
+            m_next = (t_next < length) & (t_next < c_end * T)
+            tile_next = n_mask[:, None] & m_next[None, :]
+            u_next = tl.load(u_ptr + row * length + t_next, mask=m_next, other=0.0)
+            raw_next = tl.load(delta_ptr + row * length + t_next, mask=m_next, other=0.0)
+            if HAS_Z:
+                z_next = tl.load(z_ptr + row * length + t_next, mask=m_next, other=0.0)
+            if HAS_SEQ:
+                keep_next = tl.load(keep_row + t_next, mask=m_next, other=1.0)
+            if not B_CONST:
+                B_next = tl.load(B_base + offs_n[:, None] * length + t_next[None, :], mask=tile_next, other=0.0)
+            if not C_CONST:
+                C_next = tl.load(C_base + offs_n[:, None] * length + t_next[None, :], mask=tile_next, other=0.0)
+            dA = tl.exp(dt[None, :] * A[:, None])  # (NP, T)
+            if HAS_SEQ:
+                dA *= keep[None, :]
+            x = Bd * (dt * u)[None, :]  # (NP, T)
+            a_cum, b_cum = tl.associative_scan((dA, x), 1, _scan_combine)
+            hs = b_cum + a_cum * h[:, None]  # (NP, T): h_t for every state
+            y = tl.sum(Cd * hs, axis=0)  # (T,)
+            if HAS_D:
+                y += Dd * u
+            if HAS_Z:
+                y *= zz / (1.0 + tl.exp(-zz))
+            tl.store(y_ptr + row * length + t, y.to(y_ptr.dtype.element_ty), mask=t_mask)
+            # padded steps are identities, so column T - 1 is the state after the chunk
+            h = tl.sum(tl.where(offs_t[None, :] == T - 1, hs, 0.0), axis=1)
+            tl.store(E_ptr + (row * n_chunks + c) * d_state + offs_n, h, mask=n_mask)
