@@ -729,6 +729,16 @@ def _one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _close_process_group() -> None:
+    """Tear the distributed backend down while the interpreter still runs: a gloo group left to
+    exit-time destruction can abort a rank ("terminate called without an active exception",
+    exit -6) while its peer is still shutting down. Local to each rank: no collective."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run_command(
     prog: str,
     command: Callable[[], dict],
@@ -748,7 +758,10 @@ def run_command(
     real_stdout = sys.stdout
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            result = command()
+            try:
+                result = command()
+            finally:
+                _close_process_group()
     except user_errors as err:
         if created and out_path.exists():
             shutil.rmtree(out_path, ignore_errors=True)
