@@ -2,7 +2,7 @@
 # The GPU runs behind benchmarks/results/, one stage per argument, written under $OUT
 # (at most 8 files come back from the device machine, so each stage writes one log + one JSON).
 #
-#   bash benchmarks/h200_run.sh tests lm        # GPU tests, then the LM training/decoding benchmark
+#   bash benchmarks/h200_run.sh tests scan lm   # GPU tests, the scan vs mamba_ssm, the LM training/decoding
 #   bash benchmarks/h200_run.sh synthetic       # selective copying + induction heads (issue 6)
 #   bash benchmarks/h200_run.sh audio           # SaShiMi SC09-size model: tokens/s and generation RTF (issue 5)
 #
@@ -20,6 +20,11 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 stage_tests() {
     python3 -m pytest -q -p no:cacheprovider -x tests/gpu tests/ops/test_triton_fused.py tests/ops/test_triton_step.py \
         tests/models/test_lm.py 2>&1 | tee "$OUT/tests.log" | tail -n 5
+}
+
+# issue 3: the scan at the four anchor shapes with the shipped launch plan (add --sweep to re-tune it)
+stage_scan() {
+    python3 benchmarks/gpu_scan.py --out "$OUT/scan.json" 2>&1 | tee "$OUT/scan.log" | grep -v "^ *$"
 }
 
 stage_lm() {
