@@ -38,28 +38,24 @@ class GraphedStep:
     """One decoding step captured as a CUDA graph and replayed: a step of a small model is dozens
     of tiny kernels whose launch overhead dominates; a replay launches them all at once.
 
-    `step(tokens (B,), cache) -> tensor` (the logits (B, V), or the next tokens (B,) when the
-    sampling is captured too) must update the cache *in place* (as Mamba's step does): the graph
-    reads and writes the cache tensors it saw at capture time. The returned tensor is the graph's
-    output buffer, overwritten by the next replay.
-
-    phases > 1: a model whose step takes a different path by position (the U-Net's pooled stages
-    run every p-th sample) is called as `step(tokens, cache, phase)` and one graph is captured per
-    phase (sharing one memory pool); `graphed(tokens, phase)` replays that phase's graph.
+    `step(tokens (B,), cache, phase) -> tensor` (the logits (B, V), or the next tokens (B,) when
+    the sampling is captured too) must update the cache *in place* (as Mamba's step does): the
+    graph reads and writes the cache tensors it saw at capture time. The returned tensor is the
+    graph's output buffer, overwritten by the next replay. A model whose step takes a different
+    path by position (the U-Net's pooled stages run every p-th sample) gets one graph per phase
+    (sharing one memory pool); `graphed(tokens, phase)` replays that phase's graph.
     `cache` is anything with `tensors()`, the state tensors to restore after the warm-up.
     """
 
     def __init__(self, step: Callable, cache, batch_size: int, device: torch.device, phases: int = 1):
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
-        run = (
-            (lambda phase: step(self.tokens, cache)) if phases == 1 else (lambda phase: step(self.tokens, cache, phase))
-        )
         saved = [t.clone() for t in cache.tensors()]
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # warm-up: cuBLAS handles, Triton compilation
-            for phase in [0, 0] if phases == 1 else range(phases):
-                run(phase)
+            for _ in range(2):
+                for phase in range(phases):
+                    step(self.tokens, cache, phase)
         torch.cuda.current_stream(device).wait_stream(side)
         for t, s in zip(cache.tensors(), saved):  # the warm-up steps must not count
             t.copy_(s)
@@ -68,13 +64,32 @@ class GraphedStep:
         for phase in range(phases):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.outputs.append(run(phase))
+                self.outputs.append(step(self.tokens, cache, phase))
             self.graphs.append(graph)
 
     def __call__(self, tokens: torch.Tensor, phase: int = 0) -> torch.Tensor:
         self.tokens.copy_(tokens)
         self.graphs[phase].replay()
         return self.outputs[phase]
+
+
+def decoder(step: Callable, sample: Callable, cache, batch_size: int, device, cuda_graph: bool,
+            generator: torch.Generator | None, phases: int = 1):  # fmt: skip
+    """(read, next_token) for a decoding loop: `read(tokens, phase)` takes a step whose output is
+    not needed (a prompt), `next_token(tokens, phase) -> (B,)` steps and draws.
+
+    step(tokens, cache, phase) -> logits; sample(logits) -> tokens. With cuda_graph the step is
+    replayed from captured graphs, and so is the draw when `generator` is None: the default
+    generator is graph-safe, a torch.Generator object is not (the draw then runs after the replay).
+    """
+    if not cuda_graph:
+        read = lambda tokens, phase=0: step(tokens, cache, phase)
+        return read, lambda tokens, phase=0: sample(read(tokens, phase))
+    if generator is None:
+        graphed = GraphedStep(lambda t, c, p: sample(step(t, c, p)), cache, batch_size, device, phases)
+        return graphed, graphed
+    graphed = GraphedStep(step, cache, batch_size, device, phases)
+    return graphed, lambda tokens, phase=0: sample(graphed(tokens, phase))
 
 
 def sample_logits(

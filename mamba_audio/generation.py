@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from core.generation import GraphedStep, sample_logits
+from core.generation import decoder, sample_logits
 
 from .quantize import SILENCE_CLASS
 
@@ -47,18 +47,11 @@ def generate(
     device = next(model.parameters()).device
     cache = model.new_cache(num)
     sample = lambda logits: sample_logits(logits, temperature=temperature, top_p=top_p, generator=generator)
-    step = lambda tokens, position: model.step_at(tokens, cache, position)  # logits (num V)
-    next_token = lambda tokens, position: sample(step(tokens, position))
-    use_graph = (device.type == "cuda" and hasattr(model, "step_at")) if cuda_graph is None else cuda_graph
-    if use_graph:
-        phases = model.config.total_pool
-        if generator is None:
-            graphed = GraphedStep(lambda t, c, p: sample(model.step_at(t, c, p)), cache, num, device, phases)
-            next_token = step = lambda tokens, position: graphed(tokens, position % phases)
-        else:
-            graphed = GraphedStep(model.step_at, cache, num, device, phases)
-            step = lambda tokens, position: graphed(tokens, position % phases)
-            next_token = lambda tokens, position: sample(step(tokens, position))
+    positional = hasattr(model, "step_at")  # a step at an explicit position: graphs per phase
+    phases = model.config.total_pool if positional else 1
+    step = model.step_at if positional else (lambda tokens, c, _position: model.step(tokens, c))
+    use_graph = (device.type == "cuda" and positional) if cuda_graph is None else cuda_graph
+    read, next_token = decoder(step, sample, cache, num, device, use_graph, generator, phases)
     token = torch.full((num,), SILENCE_CLASS, dtype=torch.long, device=device)
     prompt_len = 0 if prompt is None else int(prompt.shape[0])
     out = torch.empty(num, length_samples, dtype=torch.long, device=device)
@@ -70,18 +63,19 @@ def generate(
         disable=not progress,
         mininterval=1.0,
     )
-    position = cache.position
+    position = cache.position if positional else 0  # only the phase is used: position % phases
     for t in range(prompt_len):
-        step(token, position)  # the prompt is read, not sampled
+        read(token, position % phases)  # the prompt is read, not sampled
         token = prompt[t].to(device).expand(num)
         position += 1
         bar.update(1)
     for t in range(length_samples):
-        token = next_token(token, position)
+        token = next_token(token, position % phases)
         out[:, t] = token
         position += 1
         bar.update(1)
-    cache.position = position
+    if positional:  # step_at leaves the counter alone; model.step advanced its own
+        cache.position = position
     bar.close()
     return out
 

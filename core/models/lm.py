@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from core.generation import GraphedStep, InferenceCache, sample_logits
+from core.generation import InferenceCache, decoder, sample_logits
 from core.modules.lti import MambaLTI
 from core.modules.mamba import Mamba
 from core.modules.norm import RMSNorm, add_rms_norm_autograd
@@ -189,16 +189,9 @@ class MambaLM(nn.Module):
         cache = self.new_cache(input_ids.shape[0])
         sample = lambda logits: sample_logits(logits[:, : self.config.vocab_size], temperature, top_k, top_p, generator)
         token = sample(self(input_ids, cache=cache)[:, -1])  # (B,) from the prompt's last logits
-        next_token = lambda tokens: sample(self.step(tokens, cache))
-        if (input_ids.is_cuda if cuda_graph is None else cuda_graph) and max_new_tokens > 1:
-            # with the default generator the draw is captured too (graph-safe RNG): one replay per
-            # token; a user generator cannot be captured, so only the step is replayed then
-            if generator is None:
-                step_and_sample = lambda tokens, c: sample(self.step(tokens, c))
-                next_token = GraphedStep(step_and_sample, cache, input_ids.shape[0], input_ids.device)
-            else:
-                graphed = GraphedStep(self.step, cache, input_ids.shape[0], input_ids.device)
-                next_token = lambda tokens: sample(graphed(tokens))
+        use_graph = (input_ids.is_cuda if cuda_graph is None else cuda_graph) and max_new_tokens > 1
+        step = lambda tokens, c, _phase: self.step(tokens, c)
+        _, next_token = decoder(step, sample, cache, input_ids.shape[0], input_ids.device, use_graph, generator)
         out = [input_ids, token[:, None]]
         for _ in range(max_new_tokens - 1):
             token = next_token(token)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.ops.reference import add_rms_norm_ref, rms_norm_ref
+from core.ops.reference import rms_norm_ref
 
 
 class RMSNorm(nn.Module):
@@ -59,8 +59,5 @@ class _AddRMSNorm(torch.autograd.Function):
 
 
 def add_rms_norm_autograd(hidden, residual, weight, eps: float, residual_in_fp32: bool):
-    """`core.ops.reference.add_rms_norm_ref`'s values with the smaller backward of `_AddRMSNorm`;
-    the reference itself outside autograd."""
-    if not torch.is_grad_enabled():
-        return add_rms_norm_ref(hidden, residual, weight, eps, residual_in_fp32)
+    """`core.ops.reference.add_rms_norm_ref`'s values with the smaller backward of `_AddRMSNorm`."""
     return _AddRMSNorm.apply(hidden, residual, weight, eps, residual_in_fp32)
