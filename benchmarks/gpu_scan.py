@@ -45,6 +45,8 @@ SETTINGS = (
     "FWD_SLOTS_PER_SM",
     "BWD_SLOTS_PER_SM",
     "FULL",
+    "FWD_KERNEL",
+    "FWD_SEQ_SLOTS_PER_SM",
     "SEG_WAVES",
     "SEG_COARSEN",
     "PARTIAL_BUDGET",
@@ -115,13 +117,13 @@ def time_shape(batch, dim, length):
     return fwd_ms, fwdbwd_ms, torch.cuda.max_memory_allocated() / 2**30
 
 
-def run_sweep(shapes):
+def run_sweep(shapes, variants):
     """Time fwd+bwd under a few plans (module settings of core.ops.triton_scan) against the defaults."""
     from core.ops import triton_scan as ts
 
-    # the first sweeps (benchmarks/results/README.md) settled chunk 32, one warp per program and
-    # the segment rules; this one tries register caps (more resident warps, some spills)
-    variants = [{}, {"BWD_MAXNREG": 168}, {"BWD_MAXNREG": 128}]
+    # the first sweeps (benchmarks/results/README.md) settled chunk 32, one warp per program,
+    # the segment rules and the backward's register cap; the default variants compare the two
+    # forward kernels and the step-by-step one without segments at 8 x 2048 x 4096
     rows = []
     for variant in variants:
         saved = {k: getattr(ts, k) for k in variant}
@@ -153,6 +155,11 @@ def main(argv=None):
         "--pick-best", action="store_true", help="then run the table with the sweep's fastest variant (total fwd+bwd)"
     )
     parser.add_argument("--shapes", default=",".join(ANCHOR["scan"]), help="comma-separated anchor shape names")
+    parser.add_argument(
+        "--sweep-variants",
+        default='[{}, {"FWD_KERNEL": "scan"}, {"FULL": 0.35}, {"FWD_SEQ_SLOTS_PER_SM": 20}]',
+        help="JSON list of core.ops.triton_scan settings to time",
+    )
     parser.add_argument("--sweep-shapes", default="lm_B8_D2048_L4096,dna_B1_D512_L1M", help="shapes for --sweep")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -162,7 +169,8 @@ def main(argv=None):
     shapes = {name: ANCHOR["scan"][name] for name in args.shapes.split(",")}
     sweep, chosen = None, {}
     if args.sweep:
-        sweep = run_sweep({name: ANCHOR["scan"][name] for name in args.sweep_shapes.split(",")})
+        shapes = {name: ANCHOR["scan"][name] for name in args.sweep_shapes.split(",")}
+        sweep = run_sweep(shapes, json.loads(args.sweep_variants))
         if args.pick_best:
             totals = {}
             for row in sweep:

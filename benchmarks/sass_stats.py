@@ -36,6 +36,7 @@ from core.ops import triton_scan as ts  # noqa: E402
 # pointer arguments read or written in the inputs' dtype (bf16 in the anchor's settings); every
 # other pointer is float32 (parameters, states, partial sums, gradients of parameters)
 BF16_POINTERS = {"u_ptr", "delta_ptr", "z_ptr", "dy_ptr", "du_ptr", "ddelta_ptr", "dz_ptr", "y_ptr", "B_ptr", "C_ptr"}
+FP32_BC = {"_selective_scan_fwd_seq_kernel"}  # kernels whose launcher converts B and C to float32 first
 CLASSES = {
     "shuffle": r"^SHFL",
     "mufu": r"^MUFU",
@@ -56,9 +57,12 @@ def signature(kernel, constexprs: dict) -> dict:
         if param.is_constexpr or param.name in constexprs:
             sig[param.name] = "constexpr"
         elif param.name.endswith("_ptr"):
-            sig[param.name] = "*bf16" if param.name in BF16_POINTERS else "*fp32"
+            bf16 = param.name in BF16_POINTERS and not (
+                kernel.fn.__name__ in FP32_BC and param.name in ("B_ptr", "C_ptr")
+            )
+            sig[param.name] = "*bf16" if bf16 else "*fp32"
         else:
-            sig[param.name] = "i32"
+            sig[param.name] = "i32"  # (`zero` too: a launch passes 0, which Triton does not specialise)
     return sig
 
 
@@ -107,8 +111,12 @@ def innermost_loop(instrs: list[tuple[int, str]]) -> list[str]:
     return best or []
 
 
-def stats(name: str, kernel, constexprs: dict, num_warps: int, maxnreg: int | None, dump: bool) -> dict:
+def stats(
+    name: str, kernel, constexprs: dict, num_warps: int, maxnreg: int | None, dump: bool, ttgir: bool = False
+) -> dict:
     compiled = compile_sm90(kernel, constexprs, num_warps, maxnreg)
+    if ttgir:
+        print(compiled.asm["ttgir"], file=sys.stderr)
     sass, res = sass_of(compiled.asm["cubin"])
     if dump:
         print(sass, file=sys.stderr)
@@ -135,8 +143,11 @@ def stats(name: str, kernel, constexprs: dict, num_warps: int, maxnreg: int | No
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="8x2048x4096", help="B x D x L (d_state 16), picks the plan's block sizes")
-    p.add_argument("--kernel", choices=["fwd", "bwd", "both"], default="both")
+    p.add_argument("--kernel", choices=["fwd", "fwdseq", "bwd", "both"], default="both")
     p.add_argument("--maxnreg", type=int, default=None, help="register cap (ptx .maxnreg)")
+    p.add_argument("--dk", type=int, default=None, help="channels per program (default: the plan's)")
+    p.add_argument("--warps", type=int, default=None, help="warps per program (default: the module's)")
+    p.add_argument("--ttgir", action="store_true", help="print the Triton GPU IR (layouts) to stderr")
     p.add_argument("--dump", action="store_true", help="print the SASS to stderr")
     args = p.parse_args(argv)
     batch, dim, length = (int(x) for x in args.shape.lower().split("x"))
@@ -146,12 +157,16 @@ def main(argv=None):
     runs = []
     if args.kernel in ("fwd", "both"):
         runs.append(("fwd", ts._selective_scan_fwd_kernel, {**common, "DK": plan.fwd_block}, ts.NUM_WARPS))
+    if args.kernel == "fwdseq":
+        runs.append(("fwdseq", ts._selective_scan_fwd_seq_kernel, {**common, "DK": 32, "FAST_EXP": True}, ts.NUM_WARPS))
     if args.kernel in ("bwd", "both"):
         runs.append(("bwd", ts._selective_scan_bwd_kernel, {**common, "DK": plan.bwd_block}, ts.BWD_NUM_WARPS))
     for name, kernel, constexprs, warps in runs:
+        constexprs["DK"] = args.dk or constexprs["DK"]
+        warps = args.warps or warps
         names = {param.name for param in kernel.params}
         constexprs = {k: v for k, v in constexprs.items() if k in names}
-        print(json.dumps(stats(name, kernel, constexprs, warps, args.maxnreg, args.dump)))
+        print(json.dumps(stats(name, kernel, constexprs, warps, args.maxnreg, args.dump, args.ttgir)))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,12 @@ import triton
 
 from .checks import compute_dtype
 from .triton_scan_bwd import _segment_state_bwd_kernel, _selective_scan_bwd_kernel
-from .triton_scan_fwd import _segment_state_fwd_kernel, _selective_scan_fwd_kernel, _state_passing_kernel
+from .triton_scan_fwd import (
+    _segment_state_fwd_kernel,
+    _selective_scan_fwd_kernel,
+    _selective_scan_fwd_seq_kernel,
+    _state_passing_kernel,
+)
 
 # Launch shape, from a sweep on an H200 (benchmarks/gpu_scan.py --sweep; numbers in
 # benchmarks/results/README.md): one warp per program and 32-step chunks ran fastest. One warp
@@ -72,6 +77,12 @@ PARTIAL_BUDGET = 1 << 27
 # paid once whatever their number, so once paid, many segments keep the last wave short.
 FWD_SLOTS_PER_SM = 16
 BWD_SLOTS_PER_SM = 8
+# The forward's main kernel: "seq" walks the steps one by one with each thread owning a channel
+# (_selective_scan_fwd_seq_kernel: ~11 SASS instructions per state-step on sm_90, no shuffles),
+# "scan" runs an associative scan over each (N, T) tile (_selective_scan_fwd_kernel: ~30).
+# "seq" programs hold up to 32 channels (one per lane) and use ~200 registers, so 10 fit per SM.
+FWD_KERNEL = "seq"
+FWD_SEQ_SLOTS_PER_SM = 10
 FULL = 0.7
 SEG_WAVES = 4
 # The segment kernels (no scan, only sums: far fewer live registers) walk their segment in
@@ -130,11 +141,16 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
         # a multiple of SEG_COARSEN chunks, so the segment kernels can step that many at once
         return triton.cdiv(triton.cdiv(n_chunks, n_seg), SEG_COARSEN) * SEG_COARSEN
 
-    # forward: a few channels per program share the B/C tiles
-    fwd_slots = FWD_SLOTS_PER_SM * n_sm
-    fwd_block = next((k for k in divs if k >= 4 and rows // k >= FULL * fwd_slots), None)
-    if fwd_block is None:
-        fwd_block = next((k for k in divs if k >= 4), part_dim)
+    if FWD_KERNEL == "seq":
+        # one channel per lane of the one warp: the largest power of two dividing part_dim, <= 32
+        fwd_slots = FWD_SEQ_SLOTS_PER_SM * n_sm
+        fwd_block = max(k for k in (1, 2, 4, 8, 16, 32) if part_dim % k == 0)
+    else:
+        # a few channels per program share the B/C tiles
+        fwd_slots = FWD_SLOTS_PER_SM * n_sm
+        fwd_block = next((k for k in divs if k >= 4 and rows // k >= FULL * fwd_slots), None)
+        if fwd_block is None:
+            fwd_block = next((k for k in divs if k >= 4), part_dim)
     # backward: more channels per program keep the dB/dC partial buffers small
     bwd_slots = BWD_SLOTS_PER_SM * n_sm
     fits = [k for k in divs if not var_bc or batch * (dim // k) * nps * length <= PARTIAL_BUDGET] or [part_dim]
@@ -197,6 +213,19 @@ def _keep_factor(seq_idx: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor
     keep = torch.ones(seq_idx.shape, dtype=acc, device=seq_idx.device)
     keep[:, 1:] = (seq_idx[:, 1:] == seq_idx[:, :-1]).to(acc)
     return keep
+
+
+def _padded_bc(M: torch.Tensor, padded_length: int, NP: int, acc: torch.dtype) -> torch.Tensor:
+    """B or C for the step-by-step forward: a constant (dim, N) matrix as it is; otherwise a float32
+    (batch, groups, NP, padded_length) copy, zero past the end, so the kernel loads it without masks
+    or conversions (it is N/dim of the size of u, and read by every channel of its group)."""
+    if M.dim() == 2:
+        return M
+    grouped = M if M.dim() == 4 else M.unsqueeze(1)
+    batch, groups, d_state, length = grouped.shape
+    out = torch.zeros(batch, groups, NP, padded_length, dtype=acc, device=M.device)
+    out[:, :, :d_state, :length] = grouped
+    return out
 
 
 def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, seq_idx=None):
@@ -278,12 +307,17 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
             num_warps=NUM_WARPS,
         )
         has_h0 = True
-    _selective_scan_fwd_kernel[grid](
+    kernel, extra, Bk, Ck = _selective_scan_fwd_kernel, {}, B, C
+    if FWD_KERNEL == "seq":
+        kernel = _selective_scan_fwd_seq_kernel
+        Bk, Ck = _padded_bc(B, n_chunks * T, NP, acc), _padded_bc(C, n_chunks * T, NP, acc)
+        extra = dict(FAST_EXP=u.is_cuda and acc == torch.float32)
+    kernel[grid](
         u,
         delta,
         A,
-        B,
-        C,
+        Bk,
+        Ck,
         D if D is not None else A,
         z if z is not None else u,
         bias,
@@ -301,6 +335,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         cgd,
         bg,
         cg,
+        *((n_chunks * T, 0) if FWD_KERNEL == "seq" else ()),
         DK=DK,
         T=T,
         NP=NP,
@@ -309,6 +344,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         HAS_Z=z is not None,
         HAS_H0=has_h0,
         num_warps=NUM_WARPS,
+        **extra,
         **_reg_cap(FWD_MAXNREG, u, batch * (dim // DK) * n_seg, FWD_SLOTS_PER_SM),
         **flags,
     )

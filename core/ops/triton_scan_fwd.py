@@ -29,6 +29,18 @@ def _delta(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     return tl.where(mask, dt, 0.0), raw
 
 
+@triton.jit
+def _exp2(x, FAST: tl.constexpr):
+    """2^x; FAST (float32 on a GPU): one MUFU.EX2 with denormals flushed, where tl.exp2 adds a
+    range check and two scalings around it, and a decay below 2^-126 is 0 for the recurrence anyway."""
+    if FAST:
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+    else:
+        return tl.exp2(x)
+
+
 # Every loop below loads the data of its next iteration before computing the current one
 # (`*_next` variables), so a chunk's few hundred bytes per channel are in flight during the
 # previous chunk's arithmetic rather than waited for. (On the H200 this was worth only a few
@@ -316,3 +328,114 @@ def _selective_scan_fwd_kernel(
             # padded steps are identities, so column T - 1 is the state after the chunk
             h = tl.sum(tl.where(offs_t[None, :] == T - 1, hs, 0.0), axis=1)
             tl.store(E_ptr + (row * n_chunks + c) * d_state + offs_n, h, mask=n_mask)
+
+
+@triton.jit
+def _selective_scan_fwd_seq_kernel(
+    u_ptr,
+    delta_ptr,
+    A_ptr,
+    B_ptr,  # (batch, groups, NP, bc_len) float32, zero-padded (see the launcher), or (dim, N) when constant
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    bias_ptr,
+    keep_ptr,  # (batch, length): 0 where a packed sequence starts, else 1
+    h0_ptr,  # (batch, dim, n_seg, N): state entering each segment
+    y_ptr,  # (batch, dim, length)
+    E_ptr,  # (batch, dim, n_chunks, N): state leaving each chunk, kept for the backward
+    dim,
+    length,
+    d_state,
+    n_chunks,
+    chunks_per_seg,
+    n_seg,
+    b_group_dim,
+    c_group_dim,
+    b_groups,
+    c_groups,
+    bc_len,  # padded length of B and C: whole chunks, so their loads need no mask
+    zero,  # 0, passed at run time: see `zero_k`
+    DK: tl.constexpr,
+    T: tl.constexpr,
+    NP: tl.constexpr,
+    B_CONST: tl.constexpr,
+    C_CONST: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    IS_F64: tl.constexpr,
+    FAST_EXP: tl.constexpr,
+):
+    """The scan step by step: a (DK, N) tile of states (channels x states) advances one time step
+    per iteration, h = exp(delta A) h + delta B u, and y = C h is a sum over the state axis.
+
+    No scan along time: a thread owns one channel's states and walks the steps itself, so a step
+    costs one exp, an FMA, a product and an FMA per state, and the sum over states stays in the
+    thread. The associative scan of a (N, T) tile costs several times that in shuffles and selects.
+    The parallelism given up along time comes from channels and segments instead.
+
+    Layout: Triton lays a load out along its contiguous axis. No tile here may have one, or the
+    step loop would take that layout (states across lanes, a shuffle-reduction per step); with
+    none, axis 0 (channels) goes across lanes and the states stay inside each thread. So
+    contiguous state offsets are multiplied by `zero + 1`, and B[:, t] is broadcast over the
+    channels through `zero`, a 0 the compiler cannot see.
+    Same arguments and outputs as _selective_scan_fwd_kernel."""
+    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
+    pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_k = tl.arange(0, DK)
+    offs_n = tl.arange(0, NP)
+    n_mask = (offs_n < d_state)[None, :]  # (1, NP)
+    n_idx = offs_n[None, :] * (zero + 1)  # (1, NP)
+    zero_k = offs_k[:, None] * zero  # (DK, 1)
+    d0 = pid_d * DK
+    d = (d0 + offs_k)[:, None]  # (DK, 1)
+    rows = (pid_b * dim + d).to(tl.int64)  # (DK, 1)
+    B_base = B_ptr + (pid_b * b_groups + d0 // b_group_dim).to(tl.int64) * NP * bc_len
+    C_base = C_ptr + (pid_b * c_groups + d0 // c_group_dim).to(tl.int64) * NP * bc_len
+    B_col = B_base + zero_k + n_idx * bc_len  # (DK, NP) pointers to B[:, 0], the same in every row
+    C_col = C_base + zero_k + n_idx * bc_len
+    keep_row = keep_ptr + pid_b.to(tl.int64) * length + zero_k  # (DK, 1)
+    c_first = pid_s * chunks_per_seg
+    c_end = tl.minimum(c_first + chunks_per_seg, n_chunks)
+    # A log2(e): the decay is then one exp2 of dt * A2
+    A2 = tl.load(A_ptr + d * d_state + n_idx, mask=n_mask, other=0.0).to(ACC) * 1.4426950408889634  # (DK, NP)
+    bias = tl.load(bias_ptr + d).to(ACC) if HAS_BIAS else 0.0
+    Dd = tl.load(D_ptr + d).to(ACC) if HAS_D else 0.0
+    if B_CONST:
+        Bd = tl.load(B_ptr + d * d_state + n_idx, mask=n_mask, other=0.0).to(ACC)
+    if C_CONST:
+        Cd = tl.load(C_ptr + d * d_state + n_idx, mask=n_mask, other=0.0).to(ACC)
+    if HAS_H0:
+        h = tl.load(h0_ptr + (rows * n_seg + pid_s) * d_state + n_idx, mask=n_mask, other=0.0).to(ACC)
+    else:
+        h = tl.zeros([DK, NP], dtype=ACC)
+    u_rows = u_ptr + rows * length
+    delta_rows = delta_ptr + rows * length
+    z_rows = z_ptr + rows * length
+    y_rows = y_ptr + rows * length
+    for c in range(c_first, c_end):
+        for j in tl.static_range(T):
+            t = c * T + j
+            m = (t + zero_k) < length  # (DK, 1); a tensor, as the interpreter wants masks to be
+            u = tl.load(u_rows + t, mask=m, other=0.0).to(ACC)  # (DK, 1)
+            dt, _ = _delta(tl.load(delta_rows + t, mask=m, other=0.0).to(ACC), bias, m, HAS_BIAS, SOFTPLUS)
+            dA = _exp2(dt * A2, FAST_EXP)  # (DK, NP)
+            if HAS_SEQ:
+                dA *= tl.load(keep_row + t, mask=m, other=1.0).to(ACC)
+            if not B_CONST:
+                Bd = tl.load(B_col + t)
+            if not C_CONST:
+                Cd = tl.load(C_col + t)
+            h = dA * h + Bd * (dt * u)
+            y = tl.sum(Cd * h, axis=1)[:, None]  # (DK, 1)
+            if HAS_D:
+                y += Dd * u
+            if HAS_Z:
+                zz = tl.load(z_rows + t, mask=m, other=0.0).to(ACC)
+                y *= zz / (1.0 + tl.exp(-zz))
+            tl.store(y_rows + t, y.to(y_ptr.dtype.element_ty), mask=m)
+        tl.store(E_ptr + (rows * n_chunks + c) * d_state + n_idx, h, mask=n_mask)

@@ -191,4 +191,12 @@ def test_plan_keeps_partial_buffers_small():
     assert 1 * (512 // plan.bwd_block) * 16 * (1 << 20) <= triton_scan.PARTIAL_BUDGET
     assert n_chunks // plan.bwd_seg_chunks > 1 and n_chunks // plan.fwd_seg_chunks > 1
     plan = triton_scan.plan_scan(8, 2048, 4096, 16, 2048, True, 132)
-    assert plan.fwd_seg_chunks == plan.bwd_seg_chunks == 4096 // plan.chunk  # one segment: rows suffice
+    assert plan.bwd_seg_chunks == 4096 // plan.chunk  # one segment: rows suffice
+    # the step-by-step forward puts 32 channels in a program: 512 programs, too few for 132 SMs alone
+    assert plan.fwd_block == 32 and plan.fwd_seg_chunks < 4096 // plan.chunk
+
+
+def test_plan_step_forward_blocks_are_powers_of_two():
+    """The step-by-step forward's tile is (DK, N): DK must be a power of two dividing the group."""
+    for part_dim, want in [(6, 2), (12, 4), (40, 8), (96, 32), (2048, 32), (7, 1)]:
+        assert triton_scan.plan_scan(1, part_dim, 4096, 16, part_dim, True, 132).fwd_block == want
