@@ -311,7 +311,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     if FWD_KERNEL == "seq":
         kernel = _selective_scan_fwd_seq_kernel
         Bk, Ck = _padded_bc(B, n_chunks * T, NP, acc), _padded_bc(C, n_chunks * T, NP, acc)
-        extra = dict(FAST_EXP=u.is_cuda and acc == torch.float32)
+        extra = dict(FAST_EXP=u.is_cuda and acc == torch.float32, UNROLL=min(8, T))
     kernel[grid](
         u,
         delta,
