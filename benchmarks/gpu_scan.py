@@ -157,7 +157,7 @@ def main(argv=None):
     parser.add_argument("--shapes", default=",".join(ANCHOR["scan"]), help="comma-separated anchor shape names")
     parser.add_argument(
         "--sweep-variants",
-        default='[{}, {"FWD_KERNEL": "scan"}, {"FULL": 0.35}, {"FWD_SEQ_SLOTS_PER_SM": 20}]',
+        default='[{}, {"FWD_KERNEL": "scan"}, {"FULL": 0.2}]',
         help="JSON list of core.ops.triton_scan settings to time",
     )
     parser.add_argument("--sweep-shapes", default="lm_B8_D2048_L4096,dna_B1_D512_L1M", help="shapes for --sweep")

@@ -36,6 +36,7 @@ from core.ops import triton_scan as ts  # noqa: E402
 # pointer arguments read or written in the inputs' dtype (bf16 in the anchor's settings); every
 # other pointer is float32 (parameters, states, partial sums, gradients of parameters)
 BF16_POINTERS = {"u_ptr", "delta_ptr", "z_ptr", "dy_ptr", "du_ptr", "ddelta_ptr", "dz_ptr", "y_ptr", "B_ptr", "C_ptr"}
+DIVISIBLE_INTS = ("dim", "length", "d_state", "bc_len", "zero", "b_group_dim", "c_group_dim")
 FP32_BC = {"_selective_scan_fwd_seq_kernel"}  # kernels whose launcher converts B and C to float32 first
 CLASSES = {
     "shuffle": r"^SHFL",
@@ -71,6 +72,9 @@ def compile_sm90(kernel, constexprs: dict, num_warps: int, maxnreg: int | None):
     sig = signature(kernel, constexprs)
     # as a real launch specialises them: torch allocations are 16-byte aligned (vector loads)
     aligned = {(i,): [["tt.divisibility", 16]] for i, kind in enumerate(sig.values()) if kind.startswith("*")}
+    # and so are these integers at the anchor shapes (Triton specialises multiples of 16; 0 is one)
+    names = list(sig)
+    aligned.update({(names.index(k),): [["tt.divisibility", 16]] for k in DIVISIBLE_INTS if k in names})
     src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=aligned)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 

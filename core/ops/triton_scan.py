@@ -78,11 +78,11 @@ PARTIAL_BUDGET = 1 << 27
 FWD_SLOTS_PER_SM = 16
 BWD_SLOTS_PER_SM = 8
 # The forward's main kernel: "seq" walks the steps one by one with each thread owning a channel
-# (_selective_scan_fwd_seq_kernel: ~11 SASS instructions per state-step on sm_90, no shuffles),
+# (_selective_scan_fwd_seq_kernel: ~9 SASS instructions per state-step on sm_90, no shuffles),
 # "scan" runs an associative scan over each (N, T) tile (_selective_scan_fwd_kernel: ~30).
-# "seq" programs hold up to 32 channels (one per lane) and use ~200 registers, so 10 fit per SM.
+# "seq" programs hold up to 32 channels (one per lane) and use 128 registers, so 16 fit per SM.
 FWD_KERNEL = "seq"
-FWD_SEQ_SLOTS_PER_SM = 10
+FWD_SEQ_SLOTS_PER_SM = 16
 FULL = 0.7
 SEG_WAVES = 4
 # The segment kernels (no scan, only sums: far fewer live registers) walk their segment in
@@ -217,14 +217,14 @@ def _keep_factor(seq_idx: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor
 
 def _padded_bc(M: torch.Tensor, padded_length: int, NP: int, acc: torch.dtype) -> torch.Tensor:
     """B or C for the step-by-step forward: a constant (dim, N) matrix as it is; otherwise a float32
-    (batch, groups, NP, padded_length) copy, zero past the end, so the kernel loads it without masks
-    or conversions (it is N/dim of the size of u, and read by every channel of its group)."""
+    (batch, groups, padded_length, NP) copy, zero past the end, so the kernel loads a step's row
+    with four vector loads, no masks and no conversions (it is N/dim of the size of u)."""
     if M.dim() == 2:
         return M
     grouped = M if M.dim() == 4 else M.unsqueeze(1)
     batch, groups, d_state, length = grouped.shape
-    out = torch.zeros(batch, groups, NP, padded_length, dtype=acc, device=M.device)
-    out[:, :, :d_state, :length] = grouped
+    out = torch.zeros(batch, groups, padded_length, NP, dtype=acc, device=M.device)
+    out[:, :, :length, :d_state] = grouped.transpose(2, 3)
     return out
 
 
@@ -308,10 +308,10 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         )
         has_h0 = True
     kernel, extra, Bk, Ck = _selective_scan_fwd_kernel, {}, B, C
-    if FWD_KERNEL == "seq":
+    if FWD_KERNEL == "seq" and T % 8 == 0:  # (chunks under 8 steps only come from tests' forced plans)
         kernel = _selective_scan_fwd_seq_kernel
         Bk, Ck = _padded_bc(B, n_chunks * T, NP, acc), _padded_bc(C, n_chunks * T, NP, acc)
-        extra = dict(FAST_EXP=u.is_cuda and acc == torch.float32, UNROLL=min(8, T))
+        extra = dict(FAST_EXP=u.is_cuda and acc == torch.float32)
     kernel[grid](
         u,
         delta,
@@ -335,7 +335,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         cgd,
         bg,
         cg,
-        *((n_chunks * T, 0) if FWD_KERNEL == "seq" else ()),
+        *((n_chunks * T, 0) if kernel is _selective_scan_fwd_seq_kernel else ()),
         DK=DK,
         T=T,
         NP=NP,

@@ -331,11 +331,72 @@ def _selective_scan_fwd_kernel(
 
 
 @triton.jit
+def _unzip8(x):
+    """(R, C, 8) -> its 8 slices along the last axis, in order, each (R, C). With the last axis
+    inside each thread these are register renamings (reshape + split), not data movement."""
+    R: tl.constexpr = x.shape[0]
+    C: tl.constexpr = x.shape[1]
+    even, odd = tl.split(tl.reshape(x, [R, C, 4, 2]))  # [0, 2, 4, 6], [1, 3, 5, 7]
+    e0, e2 = tl.split(tl.reshape(even, [R, C, 2, 2]))  # [0, 4], [2, 6]
+    o1, o3 = tl.split(tl.reshape(odd, [R, C, 2, 2]))  # [1, 5], [3, 7]
+    x0, x4 = tl.split(e0)
+    x2, x6 = tl.split(e2)
+    x1, x5 = tl.split(o1)
+    x3, x7 = tl.split(o3)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _zip8(x0, x1, x2, x3, x4, x5, x6, x7):
+    """The inverse of _unzip8: eight (R, C) tensors -> (R, C, 8)."""
+    R: tl.constexpr = x0.shape[0]
+    C: tl.constexpr = x0.shape[1]
+    even = tl.reshape(tl.join(tl.join(x0, x4), tl.join(x2, x6)), [R, C, 4])
+    odd = tl.reshape(tl.join(tl.join(x1, x5), tl.join(x3, x7)), [R, C, 4])
+    return tl.reshape(tl.join(even, odd), [R, C, 8])
+
+
+@triton.jit
+def _seq_step(
+    h,
+    A2,
+    u,
+    raw,
+    zz,
+    Bc,
+    Cc,
+    keep,
+    m,
+    bias,
+    Dd,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    FAST_EXP: tl.constexpr,
+):
+    """One time step for a (DK, NP) tile of states; u, raw (delta before bias), zz, keep, m: (DK, 1).
+    Returns the new states and y (DK, 1)."""
+    dt, _ = _delta(raw, bias, m, HAS_BIAS, SOFTPLUS)
+    dA = _exp2(dt * A2, FAST_EXP)
+    if HAS_SEQ:
+        dA *= keep
+    h = dA * h + Bc * (dt * u)
+    y = tl.sum(Cc * h, axis=1)[:, None]
+    if HAS_D:
+        y += Dd * u
+    if HAS_Z:
+        y *= zz / (1.0 + tl.exp(-zz))
+    return h, y
+
+
+@triton.jit
 def _selective_scan_fwd_seq_kernel(
     u_ptr,
     delta_ptr,
     A_ptr,
-    B_ptr,  # (batch, groups, NP, bc_len) float32, zero-padded (see the launcher), or (dim, N) when constant
+    B_ptr,  # (batch, groups, bc_len, NP) float32, zero-padded (see the launcher), or (dim, N) when constant
     C_ptr,
     D_ptr,
     z_ptr,
@@ -369,37 +430,50 @@ def _selective_scan_fwd_seq_kernel(
     HAS_SEQ: tl.constexpr,
     IS_F64: tl.constexpr,
     FAST_EXP: tl.constexpr,
-    UNROLL: tl.constexpr = 8,
 ):
     """The scan step by step: a (DK, N) tile of states (channels x states) advances one time step
-    per iteration, h = exp(delta A) h + delta B u, and y = C h is a sum over the state axis.
+    at a time, h = exp(delta A) h + delta B u, and y = C h is a sum over the state axis.
 
     No scan along time: a thread owns one channel's states and walks the steps itself, so a step
     costs one exp, an FMA, a product and an FMA per state, and the sum over states stays in the
     thread. The associative scan of a (N, T) tile costs several times that in shuffles and selects.
     The parallelism given up along time comes from channels and segments instead.
 
-    Layout: Triton lays a load out along its contiguous axis. No tile here may have one, or the
-    step loop would take that layout (states across lanes, a shuffle-reduction per step); with
-    none, axis 0 (channels) goes across lanes and the states stay inside each thread. So
-    contiguous state offsets are multiplied by `zero + 1`, and B[:, t] is broadcast over the
-    channels through `zero`, a 0 the compiler cannot see.
-    Same arguments and outputs as _selective_scan_fwd_kernel."""
+    Memory: a thread reads its channel's u, delta, z for 8 steps at once (one 16-byte load each)
+    and writes 8 y at once; loaded per step, each of those touched 32 cache lines per instruction
+    and the forward was 30% slower than the scan kernel (H200, benchmarks/results). B and C come
+    in as float32 rows of a (length, NP) copy, four 16-byte loads per step, the same in every
+    thread (a broadcast).
+
+    Layout: Triton lays a load out along its contiguous axis. Only the 8 steps may look
+    contiguous (they sit inside each thread); any other contiguous axis would win the layout
+    and put states across lanes (a shuffle-reduction per step). So contiguous state offsets are
+    multiplied by `zero + 1`, and B and C are broadcast over the channels through `zero`, a 0 the
+    compiler cannot see. With no other contiguity, channels go across lanes.
+    Same arguments and outputs as _selective_scan_fwd_kernel; T must be a multiple of 8."""
     ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
     pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_k = tl.arange(0, DK)
     offs_n = tl.arange(0, NP)
+    offs_s = tl.arange(0, 8)
     n_mask = (offs_n < d_state)[None, :]  # (1, NP)
     n_idx = offs_n[None, :] * (zero + 1)  # (1, NP)
     zero_k = offs_k[:, None] * zero  # (DK, 1)
     d0 = pid_d * DK
     d = (d0 + offs_k)[:, None]  # (DK, 1)
     rows = (pid_b * dim + d).to(tl.int64)  # (DK, 1)
-    B_base = B_ptr + (pid_b * b_groups + d0 // b_group_dim).to(tl.int64) * NP * bc_len
-    C_base = C_ptr + (pid_b * c_groups + d0 // c_group_dim).to(tl.int64) * NP * bc_len
-    B_col = B_base + zero_k + n_idx * bc_len  # (DK, NP) pointers to B[:, 0], the same in every row
-    C_col = C_base + zero_k + n_idx * bc_len
-    keep_row = keep_ptr + pid_b.to(tl.int64) * length + zero_k  # (DK, 1)
+    # (DK, NP // 4, 4) offsets of one step's B or C row: 4 contiguous states (one 16-byte float32
+    # load) in 4 groups whose stride hides behind `zero + 1`, so those 4 stay the only contiguity
+    VEC: tl.constexpr = 4 if NP >= 4 else NP
+    bc_row = (
+        zero_k[:, :, None]
+        + (tl.arange(0, NP // VEC) * VEC * (zero + 1))[None, :, None]
+        + tl.arange(0, VEC)[None, None, :]
+    )
+    B_base = B_ptr + (pid_b * b_groups + d0 // b_group_dim).to(tl.int64) * bc_len * NP + bc_row
+    C_base = C_ptr + (pid_b * c_groups + d0 // c_group_dim).to(tl.int64) * bc_len * NP + bc_row
+    steps = zero_k[:, :, None] + offs_s[None, None, :]  # (DK, 1, 8)
+    keep_row = keep_ptr + pid_b.to(tl.int64) * length + steps
     c_first = pid_s * chunks_per_seg
     c_end = tl.minimum(c_first + chunks_per_seg, n_chunks)
     # A log2(e): the decay is then one exp2 of dt * A2
@@ -408,38 +482,72 @@ def _selective_scan_fwd_seq_kernel(
     Dd = tl.load(D_ptr + d).to(ACC) if HAS_D else 0.0
     if B_CONST:
         Bd = tl.load(B_ptr + d * d_state + n_idx, mask=n_mask, other=0.0).to(ACC)
+        B0, B1, B2, B3, B4, B5, B6, B7 = Bd, Bd, Bd, Bd, Bd, Bd, Bd, Bd
     if C_CONST:
         Cd = tl.load(C_ptr + d * d_state + n_idx, mask=n_mask, other=0.0).to(ACC)
+        C0, C1, C2, C3, C4, C5, C6, C7 = Cd, Cd, Cd, Cd, Cd, Cd, Cd, Cd
     if HAS_H0:
         h = tl.load(h0_ptr + (rows * n_seg + pid_s) * d_state + n_idx, mask=n_mask, other=0.0).to(ACC)
     else:
         h = tl.zeros([DK, NP], dtype=ACC)
-    u_rows = u_ptr + rows * length
-    delta_rows = delta_ptr + rows * length
-    z_rows = z_ptr + rows * length
-    y_rows = y_ptr + rows * length
+    u_rows = u_ptr + (rows * length)[:, :, None] + steps  # (DK, 1, 8)
+    delta_rows = delta_ptr + (rows * length)[:, :, None] + steps
+    z_rows = z_ptr + (rows * length)[:, :, None] + steps
+    y_rows = y_ptr + (rows * length)[:, :, None] + steps
     for c in range(c_first, c_end):
-        # a short unrolled run of steps inside a loop: the loads of UNROLL steps issue together,
-        # and compiling stays quick (a fully unrolled 32-step chunk took ptxas 10-40 s a variant)
-        for j0 in range(0, T, UNROLL):
-            for j in tl.static_range(UNROLL):
-                t = c * T + j0 + j
-                m = (t + zero_k) < length  # (DK, 1); a tensor, as the interpreter wants masks to be
-                u = tl.load(u_rows + t, mask=m, other=0.0).to(ACC)  # (DK, 1)
-                dt, _ = _delta(tl.load(delta_rows + t, mask=m, other=0.0).to(ACC), bias, m, HAS_BIAS, SOFTPLUS)
-                dA = _exp2(dt * A2, FAST_EXP)  # (DK, NP)
-                if HAS_SEQ:
-                    dA *= tl.load(keep_row + t, mask=m, other=1.0).to(ACC)
-                if not B_CONST:
-                    Bd = tl.load(B_col + t)
-                if not C_CONST:
-                    Cd = tl.load(C_col + t)
-                h = dA * h + Bd * (dt * u)
-                y = tl.sum(Cd * h, axis=1)[:, None]  # (DK, 1)
-                if HAS_D:
-                    y += Dd * u
-                if HAS_Z:
-                    zz = tl.load(z_rows + t, mask=m, other=0.0).to(ACC)
-                    y *= zz / (1.0 + tl.exp(-zz))
-                tl.store(y_rows + t, y.to(y_ptr.dtype.element_ty), mask=m)
+        for t0 in range(c * T, c * T + T, 8):
+            m = (t0 + steps) < length  # (DK, 1, 8)
+            u_blk = tl.load(u_rows + t0, mask=m, other=0.0).to(ACC)
+            r_blk = tl.load(delta_rows + t0, mask=m, other=0.0).to(ACC)
+            z_blk = tl.load(z_rows + t0, mask=m, other=0.0).to(ACC) if HAS_Z else u_blk
+            k_blk = tl.load(keep_row + t0, mask=m, other=1.0).to(ACC) if HAS_SEQ else u_blk
+            u0, u1, u2, u3, u4, u5, u6, u7 = _unzip8(u_blk)
+            r0, r1, r2, r3, r4, r5, r6, r7 = _unzip8(r_blk)
+            z0, z1, z2, z3, z4, z5, z6, z7 = _unzip8(z_blk)
+            k0, k1, k2, k3, k4, k5, k6, k7 = _unzip8(k_blk)
+            m0, m1, m2, m3, m4, m5, m6, m7 = _unzip8(m)
+            if not B_CONST:  # zero past the end (padded): no mask
+                B0 = tl.reshape(tl.load(B_base + (t0 + 0) * NP), [DK, NP])
+                B1 = tl.reshape(tl.load(B_base + (t0 + 1) * NP), [DK, NP])
+                B2 = tl.reshape(tl.load(B_base + (t0 + 2) * NP), [DK, NP])
+                B3 = tl.reshape(tl.load(B_base + (t0 + 3) * NP), [DK, NP])
+                B4 = tl.reshape(tl.load(B_base + (t0 + 4) * NP), [DK, NP])
+                B5 = tl.reshape(tl.load(B_base + (t0 + 5) * NP), [DK, NP])
+                B6 = tl.reshape(tl.load(B_base + (t0 + 6) * NP), [DK, NP])
+                B7 = tl.reshape(tl.load(B_base + (t0 + 7) * NP), [DK, NP])
+            if not C_CONST:
+                C0 = tl.reshape(tl.load(C_base + (t0 + 0) * NP), [DK, NP])
+                C1 = tl.reshape(tl.load(C_base + (t0 + 1) * NP), [DK, NP])
+                C2 = tl.reshape(tl.load(C_base + (t0 + 2) * NP), [DK, NP])
+                C3 = tl.reshape(tl.load(C_base + (t0 + 3) * NP), [DK, NP])
+                C4 = tl.reshape(tl.load(C_base + (t0 + 4) * NP), [DK, NP])
+                C5 = tl.reshape(tl.load(C_base + (t0 + 5) * NP), [DK, NP])
+                C6 = tl.reshape(tl.load(C_base + (t0 + 6) * NP), [DK, NP])
+                C7 = tl.reshape(tl.load(C_base + (t0 + 7) * NP), [DK, NP])
+            h, y0 = _seq_step(
+                h, A2, u0, r0, z0, B0, C0, k0, m0, bias, Dd, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP
+            )
+            h, y1 = _seq_step(
+                h, A2, u1, r1, z1, B1, C1, k1, m1, bias, Dd, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP
+            )
+            h, y2 = _seq_step(
+                h, A2, u2, r2, z2, B2, C2, k2, m2, bias, Dd, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP
+            )
+            h, y3 = _seq_step(
+                h, A2, u3, r3, z3, B3, C3, k3, m3, bias, Dd, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP
+            )
+            h, y4 = _seq_step(
+                h, A2, u4, r4, z4, B4, C4, k4, m4, bias, Dd, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP
+            )
+            h, y5 = _seq_step(
+                h, A2, u5, r5, z5, B5, C5, k5, m5, bias, Dd, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP
+            )
+            h, y6 = _seq_step(
+                h, A2, u6, r6, z6, B6, C6, k6, m6, bias, Dd, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP
+            )
+            h, y7 = _seq_step(
+                h, A2, u7, r7, z7, B7, C7, k7, m7, bias, Dd, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP
+            )
+            y_blk = _zip8(y0, y1, y2, y3, y4, y5, y6, y7)
+            tl.store(y_rows + t0, y_blk.to(y_ptr.dtype.element_ty), mask=m)
         tl.store(E_ptr + (rows * n_chunks + c) * d_state + n_idx, h, mask=n_mask)

@@ -184,6 +184,36 @@ def test_gradcheck_float64(force_plan):
     assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
+def test_gradcheck_float64_step_forward(force_plan):
+    """The same through the step-by-step forward (8-step blocks: chunks of 8, the last one partial,
+    across two segments and two channel blocks) and the backward that reads its chunk states."""
+    force_plan(ScanPlan(8, 1, 2, 1, 2))
+    inputs = make_inputs(1, 2, 19, 2, dtype=torch.float64)
+    leaves = [v.detach().clone().requires_grad_(True) for v in inputs.values()]
+
+    def f(*args):
+        return triton_fn(**dict(zip(NAMES, args, strict=False)), delta_softplus=True, return_last_state=True)
+
+    # fast mode (random directions in and out): the interpreter runs this forward slowly
+    assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[4], CASES[5]], ids=lambda c: f"{c[5]}g{c[4]}")
+def test_scan_forward_kernel_matches_reference(case, force_plan, monkeypatch):
+    """FWD_KERNEL = "scan" (the associative-scan forward) stays exact as well: it is the other
+    variant that benchmarks/gpu_scan.py --sweep times."""
+    monkeypatch.setattr(triton_scan, "FWD_KERNEL", "scan")
+    batch, dim, length, d_state, groups, bc, options, plan = case
+    force_plan(plan)
+    inputs = make_inputs(batch, dim, length, d_state, groups, bc, **options)
+    y, last, grads = run(triton_fn, inputs, True)
+    y_ref, last_ref, grads_ref = run(selective_scan_ref, inputs, True)
+    assert_close(y, y_ref, torch.float32, "y")
+    assert_close(last, last_ref, torch.float32, "last_state")
+    for name in grads:
+        assert_close(grads[name], grads_ref[name], torch.float32, f"d{name}")
+
+
 def test_plan_keeps_partial_buffers_small():
     """The heuristic: no (batch, dim, N, length) buffer; segments only when rows are few."""
     plan = triton_scan.plan_scan(1, 512, 1 << 20, 16, 512, True, 132)
