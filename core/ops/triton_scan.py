@@ -31,10 +31,15 @@ where sequences begin: the chunk scans drop h_{t-1}, a chunk or segment holding 
 no state (its cumulative decay is 0), and the backward's adjoint stops at the reset by the same
 product rule. Without seq_idx the factor is compiled out (HAS_SEQ).
 
-Speed (benchmarks/results/README.md): 0.5-0.8x mamba_ssm's CUDA kernel on an H200 at the
-anchor shapes, not yet the 1x the issue asks for; the kernels are bound by instruction issue
-(shuffles of the scans and state sums, ~100 instructions per state-step), not by memory;
-benchmarks/sass_stats.py counts their SASS without a GPU.
+The forward's main kernel comes in two forms (FWD_KERNEL): the associative scan of each (N, T)
+tile described above, and, by default, _selective_scan_fwd_seq_kernel, where each thread owns a
+channel's N states and walks the steps one by one (no scan, no shuffles; ~9 SASS instructions per
+state-step against ~30). The backward is the tile scan.
+
+Speed (benchmarks/results/README.md, H200, fwd+bwd against mamba_ssm's CUDA kernel): 1.03-1.04x
+at the two 2^20-step anchor shapes, 0.66-0.70x at 8 x 2048 x 4096 and 4 x 1536 x 16384; the
+forward alone 0.60-0.79x. The backward (~3/4 of the time) is bound by instruction issue
+(shuffles of its tile scans); benchmarks/sass_stats.py counts SASS without a GPU.
 
 On CPU tensors the kernels run in Triton's interpreter; set TRITON_INTERPRET=1 before this
 module is imported (that is how CI tests it).
@@ -308,7 +313,10 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         )
         has_h0 = True
     kernel, extra, Bk, Ck = _selective_scan_fwd_kernel, {}, B, C
-    if FWD_KERNEL == "seq" and T % 8 == 0:  # (chunks under 8 steps only come from tests' forced plans)
+    # the step kernel works in 8-step blocks; with under 8 channels per program (lanes repeating
+    # channels) its compiled form gave wrong y on an H200 (tests/gpu: step vs scan forward), so
+    # those (dims with no power-of-two factor of 8, and tests' forced plans) take the scan kernel
+    if FWD_KERNEL == "seq" and T % 8 == 0 and DK >= 8:
         kernel = _selective_scan_fwd_seq_kernel
         Bk, Ck = _padded_bc(B, n_chunks * T, NP, acc), _padded_bc(C, n_chunks * T, NP, acc)
         extra = dict(FAST_EXP=u.is_cuda and acc == torch.float32)

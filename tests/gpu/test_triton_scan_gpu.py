@@ -93,6 +93,33 @@ def test_against_reference_4096(groups, segments, monkeypatch):
     compare(got32, want, 1e-4)
 
 
+# (chunk, channels per program, chunks per segment): whole and partial segments, 8 to 32 lanes
+STEP_PLANS = [(32, 32, 128), (32, 32, 7), (64, 32, 7), (32, 16, 4), (32, 8, 8), (64, 4, 7)]
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("plan", STEP_PLANS, ids=lambda p: "T{}dk{}seg{}".format(*p))
+def test_step_forward_equals_scan_forward(plan, groups, monkeypatch):
+    """The two forward kernels (FWD_KERNEL) agree in float32 under forced plans, y and the last
+    state. Compiled, the step kernel gave wrong y with 4 channels per program (lanes then repeat
+    channels; the 8-step blocks come out wrong) while the interpreter was right, so the launcher
+    gives programs under 8 channels to the scan kernel: the dk4 case checks that hand-over."""
+    from core.ops import triton_scan
+
+    T, DK, cps = plan
+    monkeypatch.setattr(triton_scan, "plan_scan", lambda *a, **k: triton_scan.ScanPlan(T, DK, cps, 8, 5))
+    x = {
+        k: (v.float() if v is not None and v.dtype == torch.bfloat16 else v)
+        for k, v in make(2, 32, 4096, groups=groups).items()
+    }
+    out = {}
+    for kernel in ("scan", "seq"):
+        monkeypatch.setattr(triton_scan, "FWD_KERNEL", kernel)
+        out[kernel] = triton_fn(**x, delta_softplus=True, return_last_state=True)
+    assert rel(out["seq"][0], out["scan"][0]) < 1e-5
+    assert rel(out["seq"][1], out["scan"][1]) < 1e-5
+
+
 @pytest.mark.parametrize("shape", [(1, 8, 1 << 20), (2, 4, (1 << 20) - 3)])
 def test_long_against_float64_kernels(shape):
     x = make(*shape)
