@@ -164,11 +164,6 @@ class Mamba(nn.Module):
             self._step_cache = (key, -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float())
         return self._step_cache[1:]
 
-    def _ssm_params(self, x: torch.Tensor):
-        """x (..., E) -> dt (..., E) before bias/softplus, B and C (..., N)."""
-        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return F.linear(dt, self.dt_proj.weight), B, C
-
     def forward(
         self, hidden: torch.Tensor, cache: MambaCache | None = None, seq_idx: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -215,7 +210,21 @@ class Mamba(nn.Module):
         """hidden: (B, D) one position -> (B, D); updates `cache` in place."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B E) each
         x = self._conv_step(x, cache)
-        dt, B, C = self._ssm_params(x)
+        # dt stays low-rank: the step applies dt_proj itself (fused into its kernel on CUDA)
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         A, D, dt_bias = self._step_constants()
-        y = selective_state_update(cache.ssm_state, x, dt, A, B, C, D, z, dt_bias=dt_bias, dt_softplus=True)
+        y = selective_state_update(
+            cache.ssm_state,
+            x,
+            dt,
+            A,
+            B,
+            C,
+            D,
+            z,
+            dt_bias=dt_bias,
+            dt_softplus=True,
+            dt_proj_weight=self.dt_proj.weight,
+            backend=self.backend,
+        )
         return self.out_proj(y)

@@ -116,16 +116,20 @@ def selective_scan(
     return _load_scan_triton()(*args, seq_idx=seq_idx)
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+def selective_state_update(
+    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_proj_weight=None, backend="auto"
+):
     """One recurrent step, `state` (B, D, N) updated in place; x, dt, z: (B, D); B, C: (B, N) | (B, G, N).
 
-    Returns y (B, D). CUDA tensors use the fused Triton step kernel; CPU tensors the reference
-    (a handful of vectorised torch ops, already memory-bound at one step).
+    dt_proj_weight (D, R): pass dt low-rank, (B, R), and the projection happens inside the step
+    (one kernel less per layer per decoded token on CUDA). Returns y (B, D). CUDA tensors (or
+    backend "triton") use the fused Triton step kernel; CPU tensors the reference (a handful of
+    vectorised torch ops, already memory-bound at one step).
     """
-    check_step_args(state, x, dt, A, B, C, D, z, dt_bias)
-    if state.is_cuda:
-        return _load_step_triton()(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-    return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_proj_weight)
+    if resolve_backend(backend, state.is_cuda) == "triton":
+        return _load_step_triton()(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_proj_weight)
+    return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_proj_weight)
 
 
 def _fused(backend: str, t) -> bool:

@@ -99,7 +99,7 @@ def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_
     return batch, dim, length, d_state
 
 
-def check_step_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None):
+def check_step_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_proj_weight=None):
     """Validate the arguments of `selective_state_update`; return the number of groups."""
     if not isinstance(state, torch.Tensor) or state.dim() != 3:
         got = f"shape {tuple(state.shape)}" if isinstance(state, torch.Tensor) else type(state).__name__
@@ -114,7 +114,12 @@ def check_step_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None):
             raise ValueError(str(err).replace("selective_scan:", "selective_state_update:", 1)) from None
 
     check("x", x, (batch, dim), _FLOAT_DTYPES, "(batch, dim)")
-    check("dt", dt, (batch, dim), _FLOAT_DTYPES, "(batch, dim)")
+    if dt_proj_weight is None:
+        check("dt", dt, (batch, dim), _FLOAT_DTYPES, "(batch, dim)")
+    else:  # dt is low-rank: (batch, rank), projected by dt_proj_weight (dim, rank)
+        rank = dt_proj_weight.shape[-1] if isinstance(dt_proj_weight, torch.Tensor) else -1
+        check("dt_proj_weight", dt_proj_weight, (dim, rank), _FLOAT_DTYPES, "(dim, rank)")
+        check("dt", dt, (batch, rank), _FLOAT_DTYPES, "(batch, rank) with dt_proj_weight")
     check("A", A, (dim, d_state), _PARAM_DTYPES, "(dim, d_state)")
     groups = 1
     for name, t in (("B", B), ("C", C)):

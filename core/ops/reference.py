@@ -91,13 +91,19 @@ def selective_scan_ref(
     return (y, h) if return_last_state else y
 
 
-def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+def selective_state_update_ref(
+    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_proj_weight=None
+):
     """One step of the recurrence; `state` is updated in place.
 
     state: (B, D, N)   x, dt, z: (B, D)   A: (D, N)   B, C: (B, N) | (B, G, N)   D, dt_bias: (D,)
+    dt_proj_weight (D, R): dt is then (B, R) and projected first, F.linear(dt, dt_proj_weight) in
+    dt's dtype (the Mamba block's dt_proj, which the Triton step kernel fuses).
     Returns y (B, D) in x's dtype.
     """
-    check_step_args(state, x, dt, A, B, C, D, z, dt_bias)
+    check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_proj_weight)
+    if dt_proj_weight is not None:
+        dt = F.linear(dt, dt_proj_weight.to(dt.dtype))
     dim = state.shape[1]
     dtype = compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)
     dt_f = dt.to(dtype)

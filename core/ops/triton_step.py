@@ -22,13 +22,14 @@ from .checks import compute_dtype
 def _selective_state_update_kernel(
     state_ptr,  # (batch, dim, N), updated in place
     x_ptr,
-    dt_ptr,
+    dt_ptr,  # (batch, dim), or (batch, rank) with HAS_DTW
     z_ptr,  # (batch, dim)
     A_ptr,  # (dim, N)
     B_ptr,
     C_ptr,  # (batch, groups, N)
     D_ptr,
     bias_ptr,  # (dim,)
+    dtw_ptr,  # (dim, rank) contiguous: dt_proj's weight, with HAS_DTW
     y_ptr,  # (batch, dim), contiguous
     dim,
     d_state,
@@ -40,7 +41,10 @@ def _selective_state_update_kernel(
     b_group_stride,
     c_stride,
     c_group_stride,  # batch and group strides of B and C (their state stride is 1)
+    rank,
     BD: tl.constexpr,
+    RP: tl.constexpr,
+    HAS_DTW: tl.constexpr,
     NP: tl.constexpr,
     HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr,
@@ -59,7 +63,17 @@ def _selective_state_update_kernel(
     state_offs = row[:, None] * d_state + offs_n[None, :]  # (BD, NP)
     h = tl.load(state_ptr + state_offs, mask=mask, other=0.0).to(ACC)
     x = tl.load(x_ptr + batch * x_stride + offs_d, mask=d_mask, other=0.0).to(ACC)
-    dt = tl.load(dt_ptr + batch * dt_stride + offs_d, mask=d_mask, other=0.0).to(ACC)
+    if HAS_DTW:
+        # dt = W @ dt_low for these channels, rounded to dt's dtype as F.linear would return it
+        offs_r = tl.arange(0, RP)
+        r_mask = offs_r < rank
+        low = tl.load(dt_ptr + batch * dt_stride + offs_r, mask=r_mask, other=0.0).to(ACC)  # (RP,)
+        W = tl.load(
+            dtw_ptr + offs_d[:, None] * rank + offs_r[None, :], mask=d_mask[:, None] & r_mask[None, :], other=0.0
+        )
+        dt = tl.sum(W.to(ACC) * low[None, :], axis=1).to(dt_ptr.dtype.element_ty).to(ACC)  # (BD,)
+    else:
+        dt = tl.load(dt_ptr + batch * dt_stride + offs_d, mask=d_mask, other=0.0).to(ACC)
     if HAS_BIAS:
         dt += tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(ACC)
     if SOFTPLUS:
@@ -80,10 +94,13 @@ def _selective_state_update_kernel(
     tl.store(y_ptr + row, y.to(y_ptr.dtype.element_ty), mask=d_mask)
 
 
-def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+def selective_state_update_triton(
+    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_proj_weight=None
+):
     """One recurrent step; `state` (B, D, N) is updated in place.
 
     x, dt, z: (B, D)   A: (D, N)   B, C: (B, N) | (B, G, N)   D, dt_bias: (D,)
+    dt_proj_weight (D, R): dt is (B, R), projected in the kernel (see selective_state_update_ref)
     Returns y (B, D) in x's dtype. Arguments are validated by `core.ops.checks` before this call.
     """
     if not state.is_cuda and type(_selective_state_update_kernel).__name__ != "InterpretedFunction":
@@ -112,6 +129,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     z = z if z is None or z.stride(-1) == 1 else z.contiguous()
     A = A.contiguous()
     D, dt_bias = (None if t is None else t.contiguous() for t in (D, dt_bias))
+    dtw = None if dt_proj_weight is None else dt_proj_weight.to(dt.dtype).contiguous()
     acc = compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     NP = max(2, triton.next_power_of_2(d_state))
@@ -128,6 +146,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
         C,
         D if D is not None else A,
         dt_bias if dt_bias is not None else A,
+        dtw if dtw is not None else A,
         y,
         dim,
         d_state,
@@ -139,7 +158,10 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
         B.stride(1),
         C.stride(0),
         C.stride(1),
+        dtw.shape[1] if dtw is not None else 0,
         BD=BD,
+        RP=max(2, triton.next_power_of_2(dtw.shape[1])) if dtw is not None else 2,
+        HAS_DTW=dtw is not None,
         NP=NP,
         HAS_D=D is not None,
         HAS_Z=z is not None,

@@ -74,3 +74,34 @@ def test_steps_replay_the_scan():
         for t in range(length)
     ]
     torch.testing.assert_close(torch.stack(ys, -1), y_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,rank", [(torch.float32, 3), (torch.bfloat16, 6)])
+def test_step_with_dt_projection(dtype, rank):
+    """dt given low-rank with dt_proj_weight: the kernel projects it, as F.linear then the step would
+    (the Mamba block's decoding path). Rank 3 and 6 leave masked lanes in the projection."""
+    args = make_step(3, 10, 4, 0, 0, dtype)
+    g = torch.Generator().manual_seed(7)
+    low = torch.randn(3, rank, generator=g).to(dtype).to(DEVICE)
+    weight = (0.5 * torch.randn(10, rank, generator=g)).to(dtype).to(DEVICE)
+    state_ref, state_ref2 = args["state"].clone(), args["state"].clone()
+    y = selective_state_update_triton(**{**args, "dt": low}, dt_softplus=True, dt_proj_weight=weight)
+    # the unfused path: project first, then the plain reference step
+    dt = torch.nn.functional.linear(low, weight)
+    y_ref = selective_state_update_ref(**{**args, "state": state_ref, "dt": dt}, dt_softplus=True)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(args["state"], state_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=tol, atol=tol)
+    # and the reference's own dt_proj_weight argument means the same thing
+    y_ref2 = selective_state_update_ref(
+        **{**args, "state": state_ref2, "dt": low}, dt_softplus=True, dt_proj_weight=weight
+    )
+    torch.testing.assert_close(y_ref2.float(), y.float(), rtol=tol, atol=tol)
+
+
+def test_step_dt_projection_shape_errors():
+    args = make_step(2, 6, 4, 0, 0, torch.float32)
+    with pytest.raises(ValueError, match="dt_proj_weight"):
+        selective_state_update_ref(**args, dt_proj_weight=torch.zeros(5, 3, device=DEVICE))
+    with pytest.raises(ValueError, match="`dt`.*rank"):
+        selective_state_update_ref(**args, dt_proj_weight=torch.zeros(6, 3, device=DEVICE))
