@@ -37,7 +37,10 @@ from core.ops import triton_scan as ts  # noqa: E402
 # other pointer is float32 (parameters, states, partial sums, gradients of parameters)
 BF16_POINTERS = {"u_ptr", "delta_ptr", "z_ptr", "dy_ptr", "du_ptr", "ddelta_ptr", "dz_ptr", "y_ptr", "B_ptr", "C_ptr"}
 DIVISIBLE_INTS = ("dim", "length", "d_state", "bc_len", "zero", "b_group_dim", "c_group_dim")
-FP32_BC = {"_selective_scan_fwd_seq_kernel"}  # kernels whose launcher converts B and C to float32 first
+FP32_BC = {
+    "_selective_scan_fwd_seq_kernel",
+    "_segment_state_fwd_seq_kernel",
+}  # kernels whose launcher converts B and C to float32 first
 CLASSES = {
     "shuffle": r"^SHFL",
     "mufu": r"^MUFU",
@@ -147,7 +150,7 @@ def stats(
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="8x2048x4096", help="B x D x L (d_state 16), picks the plan's block sizes")
-    p.add_argument("--kernel", choices=["fwd", "fwdseq", "bwd", "both"], default="both")
+    p.add_argument("--kernel", choices=["fwd", "fwdseq", "seg", "segseq", "bwd", "both"], default="both")
     p.add_argument("--maxnreg", type=int, default=None, help="register cap (ptx .maxnreg)")
     p.add_argument("--dk", type=int, default=None, help="channels per program (default: the plan's)")
     p.add_argument("--warps", type=int, default=None, help="warps per program (default: the module's)")
@@ -161,6 +164,10 @@ def main(argv=None):
     runs = []
     if args.kernel in ("fwd", "both"):
         runs.append(("fwd", ts._selective_scan_fwd_kernel, {**common, "DK": plan.fwd_block}, ts.NUM_WARPS))
+    if args.kernel == "seg":
+        runs.append(("seg", ts._segment_state_fwd_kernel, {**common, "DK": plan.fwd_block, "T": 4 * plan.chunk}, 1))
+    if args.kernel == "segseq":
+        runs.append(("segseq", ts._segment_state_fwd_seq_kernel, {**common, "DK": 32, "FAST_EXP": True}, 1))
     if args.kernel == "fwdseq":
         runs.append(("fwdseq", ts._selective_scan_fwd_seq_kernel, {**common, "DK": 32, "FAST_EXP": True}, ts.NUM_WARPS))
     if args.kernel in ("bwd", "both"):

@@ -58,6 +58,7 @@ from .checks import compute_dtype
 from .triton_scan_bwd import _segment_state_bwd_kernel, _selective_scan_bwd_kernel
 from .triton_scan_fwd import (
     _segment_state_fwd_kernel,
+    _segment_state_fwd_seq_kernel,
     _selective_scan_fwd_kernel,
     _selective_scan_fwd_seq_kernel,
     _state_passing_kernel,
@@ -88,6 +89,11 @@ BWD_SLOTS_PER_SM = 8
 # "seq" programs hold up to 32 channels (one per lane) and use 128 registers, so 16 fit per SM.
 FWD_KERNEL = "seq"
 FWD_SEQ_SLOTS_PER_SM = 16
+# With FWD_KERNEL "seq", the segment pass (each segment's end state from zero) can also walk step
+# by step (_segment_state_fwd_seq_kernel: 2.5x fewer SASS instructions than the summing kernel's
+# per state-step on sm_90, exp-bound). "sum" is what the H200 numbers were measured with; "seq" is
+# tested for exactness (CI, interpreter) but not yet timed on a GPU.
+FWD_SEG_KERNEL = "sum"
 FULL = 0.7
 SEG_WAVES = 4
 # The segment kernels (no scan, only sums: far fewer live registers) walk their segment in
@@ -267,33 +273,46 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     bias = delta_bias if delta_bias is not None else A
     keep = keep if keep is not None else A  # any pointer: HAS_SEQ=False never reads it
     h0, has_h0 = initial_state, initial_state is not None
+    # the step kernel works in 8-step blocks; with under 8 channels per program (lanes repeating
+    # channels) its compiled form gave wrong y on an H200 (tests/gpu: step vs scan forward), so
+    # those (dims with no power-of-two factor of 8, and tests' forced plans) take the scan kernel
+    step = FWD_KERNEL == "seq" and T % 8 == 0 and DK >= 8
+    if step:
+        Bk, Ck = _padded_bc(B, n_chunks * T, NP, acc), _padded_bc(C, n_chunks * T, NP, acc)
+        fast_exp = u.is_cuda and acc == torch.float32
     if n_seg > 1:
         P = torch.empty(batch, dim, n_seg, d_state, dtype=acc, device=u.device)
         S = torch.empty_like(P)
         f = SEG_COARSEN if cps % SEG_COARSEN == 0 else 1
-        _segment_state_fwd_kernel[grid](
-            u,
-            delta,
-            A,
-            B,
-            bias,
-            keep,
-            P,
-            S,
-            dim,
-            length,
-            d_state,
-            triton.cdiv(length, T * f),
-            cps // f,
-            n_seg,
-            bgd,
-            bg,
-            DK=DK,
-            T=T * f,
-            NP=NP,
-            num_warps=NUM_WARPS,
-            **flags,
-        )
+        if step and FWD_SEG_KERNEL == "seq":
+            _segment_state_fwd_seq_kernel[grid](
+                u, delta, A, Bk, bias, keep, P, S, dim, length, d_state, n_chunks, cps, n_seg, bgd, bg,
+                n_chunks * T, 0, DK=DK, T=T, NP=NP, FAST_EXP=fast_exp, num_warps=NUM_WARPS, **flags,
+            )  # fmt: skip
+        else:
+            _segment_state_fwd_kernel[grid](
+                u,
+                delta,
+                A,
+                B,
+                bias,
+                keep,
+                P,
+                S,
+                dim,
+                length,
+                d_state,
+                triton.cdiv(length, T * f),
+                cps // f,
+                n_seg,
+                bgd,
+                bg,
+                DK=DK,
+                T=T * f,
+                NP=NP,
+                num_warps=NUM_WARPS,
+                **flags,
+            )
         h0 = torch.empty_like(P)
         final = torch.empty(batch, dim, d_state, dtype=acc, device=u.device)
         _state_passing_kernel[(batch * dim,)](
@@ -312,14 +331,11 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
             num_warps=NUM_WARPS,
         )
         has_h0 = True
-    kernel, extra, Bk, Ck = _selective_scan_fwd_kernel, {}, B, C
-    # the step kernel works in 8-step blocks; with under 8 channels per program (lanes repeating
-    # channels) its compiled form gave wrong y on an H200 (tests/gpu: step vs scan forward), so
-    # those (dims with no power-of-two factor of 8, and tests' forced plans) take the scan kernel
-    if FWD_KERNEL == "seq" and T % 8 == 0 and DK >= 8:
-        kernel = _selective_scan_fwd_seq_kernel
-        Bk, Ck = _padded_bc(B, n_chunks * T, NP, acc), _padded_bc(C, n_chunks * T, NP, acc)
-        extra = dict(FAST_EXP=u.is_cuda and acc == torch.float32)
+    kernel, extra = _selective_scan_fwd_kernel, {}
+    if step:
+        kernel, extra = _selective_scan_fwd_seq_kernel, dict(FAST_EXP=fast_exp)
+    else:
+        Bk, Ck = B, C
     kernel[grid](
         u,
         delta,

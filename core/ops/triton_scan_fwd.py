@@ -357,32 +357,51 @@ def _zip8(x0, x1, x2, x3, x4, x5, x6, x7):
 
 
 @triton.jit
-def _seq_step(
-    h,
-    A2,
-    u,
-    raw,
-    zz,
-    Bc,
-    Cc,
-    keep,
-    m,
-    bias,
-    Dd,
-    HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr,
-    HAS_SEQ: tl.constexpr,
-    FAST_EXP: tl.constexpr,
-):
-    """One time step for a (DK, NP) tile of states; u, raw (delta before bias), zz, keep, m: (DK, 1).
-    Returns the new states and y (DK, 1)."""
+def _bc_rows(ptr, group_row, bc_len, zero_k, zero, NP: tl.constexpr):
+    """(DK, NP // 4, 4) pointers to row 0 of one (batch, group)'s padded float32 (bc_len, NP) B or C:
+    4 contiguous states (one 16-byte load) in groups whose stride hides behind `zero + 1`, so those 4
+    stay the only contiguity (see _selective_scan_fwd_seq_kernel), the same in every channel."""
+    VEC: tl.constexpr = 4 if NP >= 4 else NP
+    offs = (
+        zero_k[:, :, None]
+        + (tl.arange(0, NP // VEC) * VEC * (zero + 1))[None, :, None]
+        + tl.arange(0, VEC)[None, None, :]
+    )
+    return ptr + group_row.to(tl.int64) * bc_len * NP + offs
+
+
+@triton.jit
+def _rows8(base, t0, DK: tl.constexpr, NP: tl.constexpr):
+    """Rows t0 .. t0 + 7 of a padded (bc_len, NP) B or C as eight (DK, NP) tiles (no mask: padded)."""
+    r0 = tl.reshape(tl.load(base + (t0 + 0) * NP), [DK, NP])
+    r1 = tl.reshape(tl.load(base + (t0 + 1) * NP), [DK, NP])
+    r2 = tl.reshape(tl.load(base + (t0 + 2) * NP), [DK, NP])
+    r3 = tl.reshape(tl.load(base + (t0 + 3) * NP), [DK, NP])
+    r4 = tl.reshape(tl.load(base + (t0 + 4) * NP), [DK, NP])
+    r5 = tl.reshape(tl.load(base + (t0 + 5) * NP), [DK, NP])
+    r6 = tl.reshape(tl.load(base + (t0 + 6) * NP), [DK, NP])
+    r7 = tl.reshape(tl.load(base + (t0 + 7) * NP), [DK, NP])
+    return r0, r1, r2, r3, r4, r5, r6, r7
+
+
+@triton.jit
+def _seq_advance(h, A2, u, raw, Bc, keep, m, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                 HAS_SEQ: tl.constexpr, FAST_EXP: tl.constexpr):  # fmt: skip
+    """One time step for a (DK, NP) tile of states: h = exp(dt A) h + dt B u. u, raw (delta before
+    bias), keep, m: (DK, 1); A2 = A log2(e). Returns the new states and dt (DK, 1)."""
     dt, _ = _delta(raw, bias, m, HAS_BIAS, SOFTPLUS)
     dA = _exp2(dt * A2, FAST_EXP)
     if HAS_SEQ:
         dA *= keep
-    h = dA * h + Bc * (dt * u)
+    return dA * h + Bc * (dt * u), dt
+
+
+@triton.jit
+def _seq_step(h, A2, u, raw, zz, Bc, Cc, keep, m, bias, Dd, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr,
+              FAST_EXP: tl.constexpr):  # fmt: skip
+    """_seq_advance, then y = C h (+ D u, times silu(z)): (DK, 1). Returns the new states and y."""
+    h, _ = _seq_advance(h, A2, u, raw, Bc, keep, m, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
     y = tl.sum(Cc * h, axis=1)[:, None]
     if HAS_D:
         y += Dd * u
@@ -462,16 +481,8 @@ def _selective_scan_fwd_seq_kernel(
     d0 = pid_d * DK
     d = (d0 + offs_k)[:, None]  # (DK, 1)
     rows = (pid_b * dim + d).to(tl.int64)  # (DK, 1)
-    # (DK, NP // 4, 4) offsets of one step's B or C row: 4 contiguous states (one 16-byte float32
-    # load) in 4 groups whose stride hides behind `zero + 1`, so those 4 stay the only contiguity
-    VEC: tl.constexpr = 4 if NP >= 4 else NP
-    bc_row = (
-        zero_k[:, :, None]
-        + (tl.arange(0, NP // VEC) * VEC * (zero + 1))[None, :, None]
-        + tl.arange(0, VEC)[None, None, :]
-    )
-    B_base = B_ptr + (pid_b * b_groups + d0 // b_group_dim).to(tl.int64) * bc_len * NP + bc_row
-    C_base = C_ptr + (pid_b * c_groups + d0 // c_group_dim).to(tl.int64) * bc_len * NP + bc_row
+    B_base = _bc_rows(B_ptr, pid_b * b_groups + d0 // b_group_dim, bc_len, zero_k, zero, NP)
+    C_base = _bc_rows(C_ptr, pid_b * c_groups + d0 // c_group_dim, bc_len, zero_k, zero, NP)
     steps = zero_k[:, :, None] + offs_s[None, None, :]  # (DK, 1, 8)
     keep_row = keep_ptr + pid_b.to(tl.int64) * length + steps
     c_first = pid_s * chunks_per_seg
@@ -506,24 +517,10 @@ def _selective_scan_fwd_seq_kernel(
             z0, z1, z2, z3, z4, z5, z6, z7 = _unzip8(z_blk)
             k0, k1, k2, k3, k4, k5, k6, k7 = _unzip8(k_blk)
             m0, m1, m2, m3, m4, m5, m6, m7 = _unzip8(m)
-            if not B_CONST:  # zero past the end (padded): no mask
-                B0 = tl.reshape(tl.load(B_base + (t0 + 0) * NP), [DK, NP])
-                B1 = tl.reshape(tl.load(B_base + (t0 + 1) * NP), [DK, NP])
-                B2 = tl.reshape(tl.load(B_base + (t0 + 2) * NP), [DK, NP])
-                B3 = tl.reshape(tl.load(B_base + (t0 + 3) * NP), [DK, NP])
-                B4 = tl.reshape(tl.load(B_base + (t0 + 4) * NP), [DK, NP])
-                B5 = tl.reshape(tl.load(B_base + (t0 + 5) * NP), [DK, NP])
-                B6 = tl.reshape(tl.load(B_base + (t0 + 6) * NP), [DK, NP])
-                B7 = tl.reshape(tl.load(B_base + (t0 + 7) * NP), [DK, NP])
+            if not B_CONST:
+                B0, B1, B2, B3, B4, B5, B6, B7 = _rows8(B_base, t0, DK, NP)
             if not C_CONST:
-                C0 = tl.reshape(tl.load(C_base + (t0 + 0) * NP), [DK, NP])
-                C1 = tl.reshape(tl.load(C_base + (t0 + 1) * NP), [DK, NP])
-                C2 = tl.reshape(tl.load(C_base + (t0 + 2) * NP), [DK, NP])
-                C3 = tl.reshape(tl.load(C_base + (t0 + 3) * NP), [DK, NP])
-                C4 = tl.reshape(tl.load(C_base + (t0 + 4) * NP), [DK, NP])
-                C5 = tl.reshape(tl.load(C_base + (t0 + 5) * NP), [DK, NP])
-                C6 = tl.reshape(tl.load(C_base + (t0 + 6) * NP), [DK, NP])
-                C7 = tl.reshape(tl.load(C_base + (t0 + 7) * NP), [DK, NP])
+                C0, C1, C2, C3, C4, C5, C6, C7 = _rows8(C_base, t0, DK, NP)
             h, y0 = _seq_step(
                 h, A2, u0, r0, z0, B0, C0, k0, m0, bias, Dd, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP
             )
@@ -551,3 +548,86 @@ def _selective_scan_fwd_seq_kernel(
             y_blk = _zip8(y0, y1, y2, y3, y4, y5, y6, y7)
             tl.store(y_rows + t0, y_blk.to(y_ptr.dtype.element_ty), mask=m)
         tl.store(E_ptr + (rows * n_chunks + c) * d_state + n_idx, h, mask=n_mask)
+
+
+@triton.jit
+def _segment_state_fwd_seq_kernel(
+    u_ptr,
+    delta_ptr,
+    A_ptr,
+    B_ptr,  # as in _selective_scan_fwd_seq_kernel: padded float32 (batch, groups, bc_len, NP), or (dim, N)
+    bias_ptr,
+    keep_ptr,  # (batch, length): 0 where a packed sequence starts, else 1
+    P_ptr,
+    S_ptr,  # P, S: (batch, dim, n_seg, N)
+    dim,
+    length,
+    d_state,
+    n_chunks,
+    chunks_per_seg,
+    n_seg,
+    b_group_dim,
+    b_groups,
+    bc_len,
+    zero,
+    DK: tl.constexpr,
+    T: tl.constexpr,
+    NP: tl.constexpr,
+    B_CONST: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    IS_F64: tl.constexpr,
+    FAST_EXP: tl.constexpr,
+):
+    """_segment_state_fwd_kernel's outputs the step-by-step way: S, the state each segment leaves
+    from a zero start, walked step by step as _selective_scan_fwd_seq_kernel walks it (no y, no E),
+    and P = exp(A * sum of delta) (0 if the segment holds a reset). Same layout rules as there."""
+    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
+    pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_k = tl.arange(0, DK)
+    offs_n = tl.arange(0, NP)
+    n_mask = (offs_n < d_state)[None, :]  # (1, NP)
+    n_idx = offs_n[None, :] * (zero + 1)  # (1, NP)
+    zero_k = offs_k[:, None] * zero  # (DK, 1)
+    d0 = pid_d * DK
+    d = (d0 + offs_k)[:, None]  # (DK, 1)
+    rows = (pid_b * dim + d).to(tl.int64)  # (DK, 1)
+    B_base = _bc_rows(B_ptr, pid_b * b_groups + d0 // b_group_dim, bc_len, zero_k, zero, NP)
+    steps = zero_k[:, :, None] + tl.arange(0, 8)[None, None, :]  # (DK, 1, 8)
+    keep_row = keep_ptr + pid_b.to(tl.int64) * length + steps
+    c_first = pid_s * chunks_per_seg
+    c_end = tl.minimum(c_first + chunks_per_seg, n_chunks)
+    A2 = tl.load(A_ptr + d * d_state + n_idx, mask=n_mask, other=0.0).to(ACC) * 1.4426950408889634  # (DK, NP)
+    bias = tl.load(bias_ptr + d).to(ACC) if HAS_BIAS else 0.0
+    if B_CONST:
+        Bd = tl.load(B_ptr + d * d_state + n_idx, mask=n_mask, other=0.0).to(ACC)
+        B0, B1, B2, B3, B4, B5, B6, B7 = Bd, Bd, Bd, Bd, Bd, Bd, Bd, Bd
+    h = tl.zeros([DK, NP], dtype=ACC)
+    total = tl.zeros([DK, 1], dtype=ACC)  # sum of delta over the segment
+    alive = tl.full([DK, 1], 1.0, ACC)  # 0 once a reset is seen: the segment's start state is gone
+    u_rows = u_ptr + (rows * length)[:, :, None] + steps  # (DK, 1, 8)
+    delta_rows = delta_ptr + (rows * length)[:, :, None] + steps
+    for t0 in range(c_first * T, c_end * T, 8):
+        m = (t0 + steps) < length  # (DK, 1, 8)
+        u0, u1, u2, u3, u4, u5, u6, u7 = _unzip8(tl.load(u_rows + t0, mask=m, other=0.0).to(ACC))
+        r0, r1, r2, r3, r4, r5, r6, r7 = _unzip8(tl.load(delta_rows + t0, mask=m, other=0.0).to(ACC))
+        k_blk = tl.load(keep_row + t0, mask=m, other=1.0).to(ACC) if HAS_SEQ else tl.zeros([DK, 1, 8], ACC)
+        if HAS_SEQ:
+            alive *= tl.reshape(tl.min(k_blk, axis=2), [DK, 1])
+        k0, k1, k2, k3, k4, k5, k6, k7 = _unzip8(k_blk)
+        m0, m1, m2, m3, m4, m5, m6, m7 = _unzip8(m)
+        if not B_CONST:
+            B0, B1, B2, B3, B4, B5, B6, B7 = _rows8(B_base, t0, DK, NP)
+        h, dt0 = _seq_advance(h, A2, u0, r0, B0, k0, m0, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        h, dt1 = _seq_advance(h, A2, u1, r1, B1, k1, m1, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        h, dt2 = _seq_advance(h, A2, u2, r2, B2, k2, m2, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        h, dt3 = _seq_advance(h, A2, u3, r3, B3, k3, m3, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        h, dt4 = _seq_advance(h, A2, u4, r4, B4, k4, m4, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        h, dt5 = _seq_advance(h, A2, u5, r5, B5, k5, m5, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        h, dt6 = _seq_advance(h, A2, u6, r6, B6, k6, m6, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        h, dt7 = _seq_advance(h, A2, u7, r7, B7, k7, m7, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        total += ((dt0 + dt1) + (dt2 + dt3)) + ((dt4 + dt5) + (dt6 + dt7))
+    offs_seg = (rows * n_seg + pid_s) * d_state + n_idx  # (DK, NP)
+    tl.store(S_ptr + offs_seg, h, mask=n_mask)
+    tl.store(P_ptr + offs_seg, _exp2(A2 * total, FAST_EXP) * alive, mask=n_mask)

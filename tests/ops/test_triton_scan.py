@@ -184,11 +184,12 @@ def test_gradcheck_float64(force_plan):
     assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-def test_gradcheck_float64_step_forward(force_plan):
-    """The same through the step-by-step forward (8-step blocks: chunks of 8, the last one partial,
-    across two segments and two channel blocks) and the backward that reads its chunk states."""
-    force_plan(ScanPlan(8, 1, 2, 1, 2))
-    inputs = make_inputs(1, 2, 19, 2, dtype=torch.float64)
+def test_gradcheck_float64_step_forward(force_plan, monkeypatch):
+    """The same through the step-by-step forward kernels (8 channels per program, the least they
+    take; chunks of 8, the last one partial, in two segments) and the backward reading their states."""
+    force_plan(ScanPlan(8, 8, 2, 1, 2))
+    monkeypatch.setattr(triton_scan, "FWD_SEG_KERNEL", "seq")
+    inputs = make_inputs(1, 8, 19, 2, dtype=torch.float64)
     leaves = [v.detach().clone().requires_grad_(True) for v in inputs.values()]
 
     def f(*args):
@@ -196,6 +197,57 @@ def test_gradcheck_float64_step_forward(force_plan):
 
     # fast mode (random directions in and out): the interpreter runs this forward slowly
     assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
+STEP_CASES = [
+    # (batch, dim, length, d_state, groups, bc, options, plan): plans with 8 or 16 channels per
+    # program, so the step-by-step forward runs (under 8 it hands over to the scan kernel)
+    (2, 8, 37, 5, 1, "var", {}, ScanPlan(16, 8, 1, 2, 1)),
+    (1, 16, 45, 4, 2, "var", {}, ScanPlan(8, 8, 2, 2, 2)),
+    (2, 16, 29, 3, 1, "var", dict(has_d=False, has_h0=False), ScanPlan(8, 16, 3, 4, 1)),
+    (2, 8, 23, 4, 1, "const", dict(has_z=False, has_bias=False), ScanPlan(8, 8, 2, 4, 2)),
+    (1, 16, 19, 4, 2, "mixed", dict(has_h0=False), ScanPlan(8, 8, 1, 2, 1)),
+    (1, 8, 40, 16, 1, "var", {}, None),
+]
+
+
+@pytest.mark.parametrize("seg_kernel", ["sum", "seq"])
+@pytest.mark.parametrize("case", STEP_CASES, ids=lambda c: f"b{c[0]}d{c[1]}l{c[2]}n{c[3]}g{c[4]}{c[5]}")
+def test_step_forward_matches_reference(case, seg_kernel, force_plan, monkeypatch):
+    monkeypatch.setattr(triton_scan, "FWD_SEG_KERNEL", seg_kernel)
+    batch, dim, length, d_state, groups, bc, options, plan = case
+    force_plan(plan)
+    inputs = make_inputs(batch, dim, length, d_state, groups, bc, **options)
+    y, last, grads = run(triton_fn, inputs, True)
+    y_ref, last_ref, grads_ref = run(selective_scan_ref, inputs, True)
+    assert_close(y, y_ref, torch.float32, "y")
+    assert_close(last, last_ref, torch.float32, "last_state")
+    for name in grads:
+        assert_close(grads[name], grads_ref[name], torch.float32, f"d{name}")
+
+
+def test_step_forward_is_used_from_8_channels(force_plan, monkeypatch):
+    """The hand-over rule: the step kernel runs at 8 channels per program, the scan kernel below."""
+    launched = []
+    monkeypatch.setattr(triton_scan, "_check_runnable", lambda u: None)  # it looks at the kernel's type
+    for name in ("_selective_scan_fwd_seq_kernel", "_selective_scan_fwd_kernel"):
+        kernel = getattr(triton_scan, name)
+        monkeypatch.setattr(triton_scan, name, _Recorder(kernel, name, launched))
+    for dk in (8, 4):
+        force_plan(ScanPlan(8, dk, 2, 2, 2))
+        triton_fn(**make_inputs(1, 8, 19, 4))
+    assert launched == ["_selective_scan_fwd_seq_kernel", "_selective_scan_fwd_kernel"]
+
+
+class _Recorder:
+    """A kernel stand-in that notes its launches and forwards them."""
+
+    def __init__(self, kernel, name, log):
+        self.kernel, self.name, self.log = kernel, name, log
+
+    def __getitem__(self, grid):
+        self.log.append(self.name)
+        return self.kernel[grid]
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[4], CASES[5]], ids=lambda c: f"{c[5]}g{c[4]}")
