@@ -64,12 +64,13 @@ def induction_batch(batch: int, length: int, vocab: int, generator: torch.Genera
     return ids, targets
 
 
-def accuracy(model: MambaLM, batches) -> float:
-    """Fraction of target positions where the argmax prediction is right, over all (ids, targets) batches."""
+def accuracy(model: MambaLM, batches, bf16: bool | None = None) -> float:
+    """Fraction of target positions where the argmax prediction is right, over all (ids, targets) batches
+    (bf16 autocast as `_forward`)."""
     correct = total = 0
     with torch.no_grad():
         for x, y in batches:
-            logits = _forward(model, x)
+            logits = _forward(model, x, bf16)
             mask = y != IGNORE
             correct += (logits.argmax(-1)[mask] == y[mask]).sum().item()
             total += mask.sum().item()
@@ -84,8 +85,9 @@ def fixed_set(make, size: int, batch_size: int, seed: int, device, **kwargs):
         yield (t.to(device) for t in make(min(batch_size, size - start), generator, **kwargs))
 
 
-def _forward(model: MambaLM, ids: torch.Tensor) -> torch.Tensor:
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ids.is_cuda):
+def _forward(model: MambaLM, ids: torch.Tensor, bf16: bool | None = None) -> torch.Tensor:
+    """Logits under bf16 autocast (None: on CUDA only, as in training); the scan's maths is float32 either way."""
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=ids.is_cuda if bf16 is None else bf16):
         return model(ids)
 
 
@@ -108,10 +110,8 @@ def train(args) -> dict:
     # decay on matrices only: decaying the dt bias towards 0 (dt = softplus(0) = 0.69) or A_log
     # would pull every state towards forgetting within a few steps, against what both tasks need
     optimizer = torch.optim.AdamW(optimizer_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1)))
-    )
     data_gen = torch.Generator().manual_seed(args.seed)
+    bf16_eval = {"auto": None, "bf16": True, "fp32": False}[args.eval_precision]
     losses, curve, tokens, start = [], [], 0, time.time()
     for step in range(args.steps):
         ids, targets = (t.to(device) for t in make(args.batch, data_gen, length=train_length(args, step)))
@@ -121,22 +121,23 @@ def train(args) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * lr_factor(args, step, time.time() - start)
         optimizer.step()
-        schedule.step()
         losses.append(loss.item())
         if step % max(1, args.steps // 20) == 0 or step == args.steps - 1:
             print(f"step {step:6d}  loss {loss.item():.4f}  {time.time() - start:.0f}s", file=sys.stderr)
         if args.eval_every and (step + 1) % args.eval_every == 0:
             model.eval()
             # a monitor set at the training length with its own seed, disjoint from the test sets
-            curve.append(
-                (step + 1, accuracy(model, fixed_set(make, args.monitor_size, args.batch, args.seed + 20_000, device)))
-            )
+            monitor = fixed_set(make, args.monitor_size, args.batch, args.seed + 20_000, device)
+            curve.append((step + 1, accuracy(model, monitor, bf16_eval)))
             model.train()
             print(f"step {step + 1:6d}  monitor accuracy {curve[-1][1]:.4f}", file=sys.stderr)
-            # stop once learnt (the monitor set is not the test set) or when the time budget is spent
-            if curve[-1][1] >= args.target_accuracy or (args.time_budget and time.time() - start > args.time_budget):
+            if curve[-1][1] >= args.target_accuracy:  # learnt (the monitor set is not the test set)
                 break
+        if args.time_budget and time.time() - start > args.time_budget:
+            break
 
     model.eval()
     seconds = time.time() - start
@@ -151,20 +152,28 @@ def train(args) -> dict:
         model.save_pretrained(Path(args.out) / "model")
         result["model"] = str(Path(args.out) / "model")
     test_seed = args.seed + 10_000  # fixed, disjoint from training
-    if args.task == "copying":
-        result["accuracy"] = accuracy(model, fixed_set(make, args.eval_size, args.batch, test_seed, device))
-    else:
-        per_length = {}
-        for length in args.eval_lengths:
-            # long sequences: fewer per batch, the same number of evaluated sequences
-            batch = max(1, min(args.batch, args.eval_tokens_per_batch // length))
-            test_set = fixed_set(make, args.eval_size, batch, test_seed, device, length=length)
-            per_length[str(length)] = accuracy(model, test_set)
-            print(f"eval length {length}: accuracy {per_length[str(length)]:.4f}", file=sys.stderr)
-        result["accuracy_by_length"] = per_length
-        if args.out:
-            result["plot"] = str(_plot(per_length, Path(args.out), args.length))
+    per_length = {}
+    for length in args.eval_lengths:
+        # long sequences: fewer per batch, the same number of evaluated sequences
+        batch = max(1, min(args.batch, args.eval_tokens_per_batch // length))
+        test_set = fixed_set(make, args.eval_size, batch, test_seed, device, length=length)
+        per_length[str(length)] = accuracy(model, test_set, bf16=bf16_eval)
+        print(f"eval length {length}: accuracy {per_length[str(length)]:.4f}", file=sys.stderr)
+    result["accuracy_by_length"] = per_length
+    if args.task == "copying":  # the test set at the context length trained for
+        result["accuracy"] = per_length[str(args.length)]
+    elif args.out:
+        result["plot"] = str(_plot(per_length, Path(args.out), args.length))
     return result
+
+
+def lr_factor(args, step: int, elapsed: float) -> float:
+    """Linear warm-up over args.warmup steps, then a cosine to 0 at the end of the run: after args.steps
+    steps, or after args.time_budget seconds when that comes first, so a run the budget stops still anneals."""
+    progress = step / args.steps
+    if args.time_budget:
+        progress = max(progress, elapsed / args.time_budget)
+    return min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def train_length(args, step: int) -> int:
@@ -216,8 +225,12 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=int, default=0, help="steps between monitor evaluations (0: none)")
     p.add_argument("--monitor-size", type=int, default=256, help="sequences in the monitor set (training length)")
     p.add_argument("--target-accuracy", type=float, default=1.01, help="stop when the monitor accuracy reaches it")
-    p.add_argument("--time-budget", type=float, default=0, help="stop training after this many seconds (0: none)")
-    p.add_argument("--eval-lengths", type=int, nargs="+", default=[2**k for k in range(6, 21)])
+    p.add_argument("--time-budget", type=float, default=0,
+                   help="stop training after this many seconds, the cosine ending there (0: none)")  # fmt: skip
+    p.add_argument("--eval-lengths", type=int, nargs="+", default=None,
+                   help="test lengths; induction: 2^6..2^20, copying: --length (always evaluated)")  # fmt: skip
+    p.add_argument("--eval-precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="autocast of monitor and test sets (auto: bf16 on CUDA as training, fp32 on CPU)")  # fmt: skip
     p.add_argument("--eval-tokens-per-batch", type=int, default=2**22)
     p.add_argument("--curriculum-start", type=int, default=0, help="train from this length, doubling (0: none)")
     p.add_argument("--curriculum-steps", type=int, default=500, help="steps between doublings of the length")
@@ -228,6 +241,12 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.length is None:
         args.length = 4096 if args.task == "copying" else 256
+    if args.task == "copying" and 0 < args.curriculum_start < args.n_tokens:
+        p.error(f"--curriculum-start {args.curriculum_start} is shorter than --n-tokens {args.n_tokens}")
+    if args.eval_lengths is None:
+        args.eval_lengths = [2**k for k in range(6, 21)] if args.task == "induction" else []
+    if args.task == "copying" and args.length not in args.eval_lengths:
+        args.eval_lengths = [*args.eval_lengths, args.length]
     return args
 
 
