@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from core.models import MambaConfig, MambaLM
+from core.modules.mamba import Mamba
 from pipelines.common import optimizer_groups
 
 IGNORE = -100
@@ -106,7 +107,10 @@ def train(args) -> dict:
         model = MambaLM.from_pretrained(args.init).to(device)
     else:
         config = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=args.vocab, mixer=args.mixer)
-        model = MambaLM(config).to(device)
+        model = MambaLM(config)
+        if args.dt_min or args.dt_max:
+            init_dt_bias(model, args.dt_min or 1e-3, args.dt_max or 1e-1)
+        model = model.to(device)
     # decay on matrices only: decaying the dt bias towards 0 (dt = softplus(0) = 0.69) or A_log
     # would pull every state towards forgetting within a few steps, against what both tasks need
     optimizer = torch.optim.AdamW(optimizer_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98))
@@ -176,6 +180,21 @@ def lr_factor(args, step: int, elapsed: float) -> float:
     return min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def init_dt_bias(model: MambaLM, dt_min: float, dt_max: float) -> None:
+    """Redraw every selective block's dt bias so that softplus(bias) is log-uniform in [dt_min, dt_max]
+    (the block's own init uses [1e-3, 1e-1]): a state then starts out keeping its contents for about
+    1 / (dt |A|) steps, which is what a model trained at 256 has to stretch to 2^20 for induction heads."""
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max; got {dt_min}, {dt_max}")
+    for module in model.modules():
+        if isinstance(module, Mamba):
+            bias = module.dt_proj.bias
+            u = torch.rand(bias.shape, dtype=torch.float32)
+            dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            with torch.no_grad():  # the inverse softplus, as the block's init
+                bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
 def train_length(args, step: int) -> int:
     """The training length at `step`: args.length, or with a curriculum, curriculum_start doubled
     every curriculum_steps steps up to args.length (the monitor and test sets stay at args.length)."""
@@ -234,6 +253,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-tokens-per-batch", type=int, default=2**22)
     p.add_argument("--curriculum-start", type=int, default=0, help="train from this length, doubling (0: none)")
     p.add_argument("--curriculum-steps", type=int, default=500, help="steps between doublings of the length")
+    p.add_argument("--dt-min", type=float, default=0, help="redraw the dt bias: softplus(bias) from here (1e-3)")
+    p.add_argument("--dt-max", type=float, default=0, help="... to here (1e-1), log-uniform; not with --init")
     p.add_argument("--init", default=None, help="start from a model folder this script saved (<out>/model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)

@@ -11,6 +11,7 @@ from pipelines.synthetic import (
     IGNORE,
     _forward,
     induction_batch,
+    init_dt_bias,
     lr_factor,
     main,
     parse_args,
@@ -138,3 +139,14 @@ def test_eval_precision_picks_the_autocast():
         assert _forward(model, ids).dtype == torch.float32  # CPU default: no autocast
         assert _forward(model, ids, bf16=True).dtype == torch.bfloat16
     assert parse_args(["induction", "--eval-precision", "fp32"]).eval_precision == "fp32"
+
+
+def test_dt_bias_redrawn_in_the_asked_range():
+    model = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=8))
+    init_dt_bias(model, 1e-5, 1e-4)
+    for layer in model.backbone.layers:
+        dt = torch.nn.functional.softplus(layer.mixer.dt_proj.bias.double())
+        assert dt.min() >= 1e-5 * 0.999 and dt.max() <= 1e-4 * 1.001
+        assert dt.max() / dt.min() > 3  # spread over the range, not one value
+    with pytest.raises(ValueError, match="dt_min"):
+        init_dt_bias(model, 1e-2, 1e-3)
