@@ -4,6 +4,11 @@
     python -m pipelines.synthetic copying --mixer lti_complex --steps 4000 --device cuda --out runs/copy_s4
     python -m pipelines.synthetic induction --steps 4000 --eval-lengths 64 256 4096 65536 1048576 --out runs/ind
 
+Both tasks learn far faster from short sequences: `--curriculum-start 32` (doubling every
+`--curriculum-steps` up to `--length`) reached 100% induction accuracy at 256 within 200 steps of
+batch 64 on CPU, where training at 256 from the start was still at chance after 700. With
+`--time-budget` the cosine learning-rate schedule ends at the budget (or at `--steps`, if sooner).
+
 Selective copying: `n_tokens` data tokens scattered at random positions of a `length`-long run of
 noise, then `n_tokens` markers; at the i-th marker the model must output the i-th data token.
 Induction heads: random tokens with a trigger token followed by the answer somewhere, and the
