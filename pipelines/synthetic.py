@@ -6,7 +6,7 @@
 
 Both tasks learn far faster from short sequences: `--curriculum-start 32` (doubling every
 `--curriculum-steps` up to `--length`) reached 100% induction accuracy at 256 within 200 steps of
-batch 64 on CPU, where training at 256 from the start was still at chance after 700. With
+batch 64 on CPU (lr 4e-3), where training at 256 from the start (lr 2e-3) was still at chance after 700. With
 `--time-budget` the cosine learning-rate schedule ends at the budget (or at `--steps`, if sooner).
 
 Selective copying: `n_tokens` data tokens scattered at random positions of a `length`-long run of
