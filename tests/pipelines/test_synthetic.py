@@ -6,7 +6,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.synthetic import IGNORE, induction_batch, main, parse_args, selective_copying_batch, train_length
+from core.models import MambaConfig, MambaLM
+from pipelines.synthetic import (
+    IGNORE,
+    _forward,
+    induction_batch,
+    init_dt_bias,
+    lr_factor,
+    main,
+    parse_args,
+    selective_copying_batch,
+    train_length,
+)
 
 
 def test_copying_answer_is_the_scattered_tokens_in_order():
@@ -86,3 +97,56 @@ def test_saved_model_continues_with_init_and_early_stop_and_budget(tmp_path):
     # started from the saved weights: its first loss is the first run's last, not a fresh model's
     fresh = main(["induction", *common, "--steps", "2", "--out", str(tmp_path / "c")])
     assert abs(again["first_loss"] - fresh["first_loss"]) > 1e-6
+
+
+def test_time_budget_stops_a_run_without_monitor_evaluations():
+    # the budget used to be checked only at monitor evaluations: with --eval-every 0 it never stopped
+    result = main(["copying", "--length", "12", "--n-tokens", "2", "--vocab", "6", "--d-model", "16",
+                   "--steps", "200", "--batch", "4", "--eval-size", "4", "--device", "cpu",
+                   "--time-budget", "1e-6"])  # fmt: skip
+    assert result["steps"] == 1
+
+
+def test_cosine_ends_at_the_time_budget_when_that_comes_first():
+    args = parse_args(["copying", "--steps", "1000", "--warmup", "1", "--time-budget", "100"])
+    assert lr_factor(args, 0, 0.0) == 1.0
+    assert lr_factor(args, 10, 50.0) == pytest.approx(0.5)  # half the budget spent: half way down
+    assert lr_factor(args, 500, 1.0) == pytest.approx(0.5)  # half the steps done
+    assert lr_factor(args, 10, 150.0) == 0.0
+    no_budget = parse_args(["copying", "--steps", "1000", "--warmup", "10"])
+    assert lr_factor(no_budget, 4, 1e9) == pytest.approx(0.5, abs=1e-3)  # warm-up; time plays no part
+    assert lr_factor(no_budget, 1000, 0.0) == 0.0
+
+
+def test_copying_reports_accuracy_at_each_test_length():
+    result = main(["copying", "--length", "12", "--n-tokens", "2", "--vocab", "6", "--d-model", "16",
+                   "--steps", "2", "--batch", "4", "--eval-size", "8", "--eval-lengths", "8", "48",
+                   "--device", "cpu"])  # fmt: skip
+    assert set(result["accuracy_by_length"]) == {"8", "12", "48"}  # the training length always
+    assert result["accuracy"] == result["accuracy_by_length"]["12"]
+
+
+def test_copying_curriculum_must_hold_the_tokens():
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["copying", "--n-tokens", "16", "--curriculum-start", "8"])
+    assert exit_info.value.code == 2
+
+
+def test_eval_precision_picks_the_autocast():
+    model = MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=8)).eval()
+    ids = torch.randint(0, 8, (2, 10))
+    with torch.no_grad():
+        assert _forward(model, ids).dtype == torch.float32  # CPU default: no autocast
+        assert _forward(model, ids, bf16=True).dtype == torch.bfloat16
+    assert parse_args(["induction", "--eval-precision", "fp32"]).eval_precision == "fp32"
+
+
+def test_dt_bias_redrawn_in_the_asked_range():
+    model = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=8))
+    init_dt_bias(model, 1e-5, 1e-4)
+    for layer in model.backbone.layers:
+        dt = torch.nn.functional.softplus(layer.mixer.dt_proj.bias.double())
+        assert dt.min() >= 1e-5 * 0.999 and dt.max() <= 1e-4 * 1.001
+        assert dt.max() / dt.min() > 3  # spread over the range, not one value
+    with pytest.raises(ValueError, match="dt_min"):
+        init_dt_bias(model, 1e-2, 1e-3)
