@@ -11,6 +11,8 @@ with those settings) are copied below and each result is printed with its ratio 
 The *_ckpt run recomputes each mixer in backward (MambaConfig.checkpoint_mixer).
 The *_chunked runs train one sequence of 2, 4 and 8 Mi tokens with exact gradients computed
 chunk by chunk (core.chunked.chunked_backward), where one pass would not fit in memory.
+--profile: after a training run's timing, one more step under torch.profiler; the GPU time per
+kernel (top 30, grouped by name) goes into its result as "profile" - where the step's time goes.
 """
 
 from __future__ import annotations
@@ -47,9 +49,27 @@ CHUNKED = {f"dna_d256_l8_L{2**k // 2**20}M_chunked": 2**k for k in (21, 22, 23)}
 CHUNK_LENGTH = 2**19
 
 
+def kernel_times(step, top=30) -> list:
+    """[(kernel name, GPU ms, calls)] of one call of `step`, the largest first (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        gpu_us = getattr(event, "self_device_time_total", None)
+        if gpu_us is None:  # older torch
+            gpu_us = getattr(event, "self_cuda_time_total", 0)
+        if gpu_us > 0:
+            rows.append((event.key[:120], round(gpu_us / 1e3, 2), event.count))
+    return sorted(rows, key=lambda r: -r[1])[:top]
+
+
 def train_step_bench(
-    d_model, n_layer, vocab, batch, length, checkpoint_mixer=False, steps=5, warmup=2, chunk_length=None
-):
+    d_model, n_layer, vocab, batch, length, checkpoint_mixer=False, steps=5, warmup=2, chunk_length=None,
+    profile=False,
+):  # fmt: skip
     torch.manual_seed(0)
     config = MambaConfig(d_model=d_model, n_layer=n_layer, vocab_size=vocab, checkpoint_mixer=checkpoint_mixer)
     model = MambaLM(config).cuda()
@@ -57,9 +77,8 @@ def train_step_bench(
     ids = torch.randint(0, vocab, (batch, length + 1), device="cuda")
     times = []
     torch.cuda.reset_peak_memory_stats()
-    for i in range(warmup + steps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
+
+    def step():
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             if chunk_length is None:
@@ -68,17 +87,25 @@ def train_step_bench(
             else:
                 loss = torch.tensor(chunked_backward(model, ids[:, :-1], ids[:, 1:], chunk_length))
         optimizer.step()
+        return loss
+
+    for i in range(warmup + steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = step()
         torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
     params = sum(p.numel() for p in model.parameters())
+    extra = {"profile": kernel_times(step)} if profile else {}
     return {
         "step_ms": round(step_s * 1e3, 1),
         "tokens_per_s": round(batch * length / step_s),
         "peak_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "params_M": round(params / 1e6, 2),
         "loss": round(loss.item(), 3),
+        **extra,
     }
 
 
@@ -104,6 +131,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=None, help="names of the runs to do (default: all)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--profile", action="store_true", help="add GPU time per kernel of one training step")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("gpu_lm.py needs a CUDA GPU")
@@ -123,7 +151,7 @@ def main(argv=None):
              "dna_d256_l8_L1M_ckpt", *CHUNKED]  # fmt: skip
     for name in filter(wanted, order):
         if name in TRAIN:
-            r = train_step_bench(*TRAIN[name])
+            r = train_step_bench(*TRAIN[name], profile=args.profile)
             anchor = ANCHOR[name.removesuffix("_ckpt")]
             r["tokens_per_s_vs_mamba_ssm"] = round(r["tokens_per_s"] / anchor["tokens_per_s"], 3)
             r["peak_memory_vs_mamba_ssm"] = round(r["peak_GiB"] / anchor["peak_GiB"], 3)
@@ -134,6 +162,8 @@ def main(argv=None):
             r = train_step_bench(256, 8, 16, 1, CHUNKED[name], steps=2, warmup=1, chunk_length=CHUNK_LENGTH)
             r["chunk_length"] = CHUNK_LENGTH
         record(name, r)
+        for kernel, ms, calls in r.get("profile", []):
+            print(f"  {ms:9.2f} ms {calls:6d}x  {kernel}", file=sys.stderr)
     print(json.dumps(results))
 
 

@@ -28,7 +28,7 @@ stage_scan() {
 }
 
 stage_lm() {
-    python3 benchmarks/gpu_lm.py --out "$OUT/lm.json" ${LM_ONLY:+--only $LM_ONLY} 2>&1 | tee "$OUT/lm.log" | grep -v "^ *$"
+    python3 benchmarks/gpu_lm.py --out "$OUT/lm.json" ${LM_ONLY:+--only $LM_ONLY} ${LM_PROFILE:+--profile} 2>&1 | tee "$OUT/lm.log" | grep -v "^ *$"
 }
 
 # the paper's small SC09 model: D=64, 8 blocks per stage, pools [4, 4], 16,000-sample clips, batch 16
