@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from core.ops import causal_conv1d_step, selective_scan, selective_state_update
+from core.ops import causal_conv1d_step, resolve_backend, selective_scan, selective_state_update
 
 
 def _channel_major(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +97,9 @@ class Mamba(nn.Module):
         self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # (E,) float32
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        # training on the Triton backend: conv, projections and scan as one autograd step that
+        # keeps 2 fewer (B, E, L) activations (core/modules/mamba_inner.py); False: separate ops
+        self.fused_inner = True
 
     def allocate_cache(self, batch_size: int, dtype=None) -> MambaCache:
         """Zero state for `batch_size` sequences (conv state in `dtype`, SSM state in float32)."""
@@ -177,6 +180,10 @@ class Mamba(nn.Module):
         hidden_t = hidden.transpose(1, 2)  # (B D L), a view
         x = self._project(self.in_proj, hidden_t, 0, self.d_inner)  # (B E L)
         z = self._project(self.in_proj, hidden_t, self.d_inner, 2 * self.d_inner)  # (B E L)
+        if cache is None and torch.is_grad_enabled() and self.fused_inner and self._triton(x):
+            from core.modules.mamba_inner import mamba_inner
+
+            return self._project(self.out_proj, mamba_inner(self, x, z, seq_idx), 0, self.d_model).transpose(1, 2)
         x = self._conv_act(x, cache, seq_idx)
         dt, B, C = _channel_major(self.x_proj.weight, x).split([self.dt_rank, self.d_state, self.d_state], dim=1)
         delta = _channel_major(self.dt_proj.weight, dt)  # (B E L); the bias goes to the scan (delta_bias)
@@ -199,6 +206,9 @@ class Mamba(nn.Module):
         if cache is not None:
             y, cache.ssm_state = y
         return self._project(self.out_proj, y, 0, self.d_model).transpose(1, 2)  # (B L D)
+
+    def _triton(self, x: torch.Tensor) -> bool:
+        return resolve_backend(self.backend, x.is_cuda) == "triton"
 
     @staticmethod
     def _project(linear: nn.Linear, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
