@@ -118,6 +118,11 @@ CASES = [
 @pytest.mark.parametrize("softplus", [True, False])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}d{c[1]}l{c[2]}n{c[3]}g{c[4]}{c[5]}")
 def test_matches_reference(case, softplus, force_plan):
+    check_against_reference(case, softplus, force_plan)
+
+
+def check_against_reference(case, softplus, force_plan):
+    """y, last_state and every gradient of the Triton scan against the reference, for one CASES row."""
     batch, dim, length, d_state, groups, bc, options, plan = case
     force_plan(plan)
     inputs = make_inputs(batch, dim, length, d_state, groups, bc, **options)
@@ -215,15 +220,7 @@ STEP_CASES = [
 @pytest.mark.parametrize("case", STEP_CASES, ids=lambda c: f"b{c[0]}d{c[1]}l{c[2]}n{c[3]}g{c[4]}{c[5]}")
 def test_step_forward_matches_reference(case, seg_kernel, force_plan, monkeypatch):
     monkeypatch.setattr(triton_scan, "FWD_SEG_KERNEL", seg_kernel)
-    batch, dim, length, d_state, groups, bc, options, plan = case
-    force_plan(plan)
-    inputs = make_inputs(batch, dim, length, d_state, groups, bc, **options)
-    y, last, grads = run(triton_fn, inputs, True)
-    y_ref, last_ref, grads_ref = run(selective_scan_ref, inputs, True)
-    assert_close(y, y_ref, torch.float32, "y")
-    assert_close(last, last_ref, torch.float32, "last_state")
-    for name in grads:
-        assert_close(grads[name], grads_ref[name], torch.float32, f"d{name}")
+    check_against_reference(case, True, force_plan)
 
 
 def test_step_forward_is_used_from_8_channels(force_plan, monkeypatch):
@@ -255,15 +252,7 @@ def test_scan_forward_kernel_matches_reference(case, force_plan, monkeypatch):
     """FWD_KERNEL = "scan" (the associative-scan forward) stays exact as well: it is the other
     variant that benchmarks/gpu_scan.py --sweep times."""
     monkeypatch.setattr(triton_scan, "FWD_KERNEL", "scan")
-    batch, dim, length, d_state, groups, bc, options, plan = case
-    force_plan(plan)
-    inputs = make_inputs(batch, dim, length, d_state, groups, bc, **options)
-    y, last, grads = run(triton_fn, inputs, True)
-    y_ref, last_ref, grads_ref = run(selective_scan_ref, inputs, True)
-    assert_close(y, y_ref, torch.float32, "y")
-    assert_close(last, last_ref, torch.float32, "last_state")
-    for name in grads:
-        assert_close(grads[name], grads_ref[name], torch.float32, f"d{name}")
+    check_against_reference(case, True, force_plan)
 
 
 def test_plan_keeps_partial_buffers_small():
