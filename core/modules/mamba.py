@@ -97,8 +97,8 @@ class Mamba(nn.Module):
         self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # (E,) float32
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
-        # training on the Triton backend: conv, projections and scan as one autograd step that
-        # keeps 2 fewer (B, E, L) activations (core/modules/mamba_inner.py); False: separate ops
+        # training on the Triton backend: conv, projections, scan and out_proj as one autograd step
+        # that keeps 3 fewer (B, E, L) activations (core/modules/mamba_inner.py); False: separate ops
         self.fused_inner = True
 
     def allocate_cache(self, batch_size: int, dtype=None) -> MambaCache:
@@ -183,7 +183,7 @@ class Mamba(nn.Module):
         if cache is None and torch.is_grad_enabled() and self.fused_inner and self._triton(x):
             from core.modules.mamba_inner import mamba_inner
 
-            return self._project(self.out_proj, mamba_inner(self, x, z, seq_idx), 0, self.d_model).transpose(1, 2)
+            return mamba_inner(self, x, z, seq_idx).transpose(1, 2)  # (B L D)
         x = self._conv_act(x, cache, seq_idx)
         dt, B, C = _channel_major(self.x_proj.weight, x).split([self.dt_rank, self.d_state, self.d_state], dim=1)
         delta = _channel_major(self.dt_proj.weight, dt)  # (B E L); the bias goes to the scan (delta_bias)

@@ -375,9 +375,11 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     return y, E[:, :, -1].clone(), E
 
 
-def _scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, delta_softplus, seq_idx=None):
+def _scan_bwd(
+    dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, delta_softplus, seq_idx=None, emit_y=False
+):
     """Launch the backward; returns the gradients of u, delta, A, B, C, D, z, delta_bias, initial_state
-    (None for absent inputs)."""
+    (None for absent inputs), then y recomputed (emit_y) or None."""
     batch, dim, length = u.shape
     d_state = A.shape[1]
     acc = E.dtype
@@ -392,6 +394,7 @@ def _scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, 
     )
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else None
+    y = torch.empty_like(u) if emit_y else None
     DK = plan.bwd_block
     cps = plan.bwd_seg_chunks
     n_seg = max(1, triton.cdiv(n_chunks, cps))
@@ -490,6 +493,7 @@ def _scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, 
         du,
         ddelta,
         dz if dz is not None else du,
+        y if emit_y else du,
         dB_part,
         dC_part,
         dA_part,
@@ -511,6 +515,7 @@ def _scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, 
         B_CONST=B.dim() == 2,
         HAS_D=D is not None,
         HAS_H0=initial_state is not None,
+        EMIT_Y=emit_y,
         num_warps=BWD_NUM_WARPS,
         **_reg_cap(BWD_MAXNREG, u, batch * (dim // DK) * n_seg, BWD_SLOTS_PER_SM),
         **flags,
@@ -528,7 +533,7 @@ def _scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, 
     dD = dD_part.sum((0, 2)).to(D.dtype) if D is not None else None
     dbias = dbias_part.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
     dinit = R[:, :, 0].to(initial_state.dtype) if initial_state is not None else None
-    return du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, dbias, dinit
+    return du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, dbias, dinit, y
 
 
 # ----------------------------------------------------------------------------------------------
@@ -585,15 +590,20 @@ def _selective_scan_bwd_op(
     E: torch.Tensor,
     delta_softplus: bool,
     seq_idx: torch.Tensor | None = None,
+    emit_y: bool = False,
 ) -> list[torch.Tensor]:
-    grads = _scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, delta_softplus, seq_idx)
+    """The gradients of u, delta, A, B, C, D, z, delta_bias, initial_state, then y (the forward's
+    output, recomputed on the way, when emit_y: a caller that did not keep it; else empty)."""
+    *grads, y = _scan_bwd(
+        dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, delta_softplus, seq_idx, emit_y
+    )
     # custom ops return tensors only: an empty tensor stands for "no such input"
-    return [g if g is not None else _empty().to(u.device) for g in grads]
+    return [g if g is not None else _empty().to(u.device) for g in (*grads, y)]
 
 
 @_selective_scan_bwd_op.register_fake
-def _(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, delta_softplus, seq_idx=None):
-    like = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+def _(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, delta_softplus, seq_idx=None, emit_y=False):
+    like = (u, delta, A, B, C, D, z, delta_bias, initial_state, u if emit_y else None)
     return [torch.empty_like(t) if t is not None else u.new_empty(0) for t in like]
 
 

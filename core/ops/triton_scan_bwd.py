@@ -141,6 +141,7 @@ def _selective_scan_bwd_kernel(
     du_ptr,
     ddelta_ptr,
     dz_ptr,  # (batch, dim, length)
+    y_ptr,  # (batch, dim, length): the forward's output, recomputed, with EMIT_Y
     dB_ptr,
     dC_ptr,  # (batch, groups, dim / groups / DK, N, length), or (batch, dim, n_chunks, N) if constant
     dA_ptr,  # (batch, dim, n_chunks, N)
@@ -168,6 +169,7 @@ def _selective_scan_bwd_kernel(
     HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr,
     IS_F64: tl.constexpr,
+    EMIT_Y: tl.constexpr = False,
 ):
     """Chunks of segment pid_s from last to first, and per chunk the DK channels; per channel:
 
@@ -289,6 +291,10 @@ def _selective_scan_bwd_kernel(
                 dz = dy * y_pre * sig * (1.0 + zz * (1.0 - sig))
                 tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=t_mask)
                 dy *= zz * sig
+                if EMIT_Y:
+                    tl.store(y_ptr + offs, (y_pre * zz * sig).to(y_ptr.dtype.element_ty), mask=t_mask)
+            elif EMIT_Y:
+                tl.store(y_ptr + offs, y_pre.to(y_ptr.dtype.element_ty), mask=t_mask)
             # Each (NP, T) tile costs 16 registers a thread: use every tile up before the
             # reverse scan so the backward stays near 8 warps a multiprocessor (see CHUNK).
             h_prev = h - x  # dA_t * h_{t-1}
