@@ -50,24 +50,30 @@ stage_audio() {
 }
 
 # issue 6: four jobs share the GPU (each is launch-bound at d_model 64); accuracy, not speed, is measured.
-# Induction trains a fixed 4500 steps (the cosine schedule runs out): stopping at the first 100%
-# at length 256 (run 2, step 500) left a model that generalised only to 1024.
+# The recipe from the CPU study (benchmarks/results/README.md, session 3): a length curriculum from 32
+# (copying 500 steps per doubling to 4096, induction 100 to 256), the cosine ending at the time budget;
+# induction three seeds at batch 64 and 256, evaluated from 2^6 to 2^20 in float32.
 stage_synthetic() {
-    local budget=${SYN_BUDGET:-270} common="--device cuda --eval-every 250"
+    local budget=${SYN_BUDGET:-400}
     mkdir -p /tmp/syn
-    python3 -m pipelines.synthetic induction --mixer mamba --batch 256 --lr 2e-3 --steps 4500 --time-budget "$budget" \
-        --eval-size 256 $common --out /tmp/syn/induction_mamba >/tmp/syn/ind_mamba.json 2>/tmp/syn/ind_mamba.log &
-    python3 -m pipelines.synthetic copying --mixer mamba --batch 64 --lr 5e-3 --steps 40000 --time-budget "$budget" \
-        --target-accuracy 0.995 --eval-size 1024 $common >/tmp/syn/copy4096_mamba.json 2>/tmp/syn/copy4096_mamba.log &
+    local C="--length 4096 --curriculum-start 32 --curriculum-steps 500 --batch 64 --lr 5e-3 --warmup 100 --steps 20000
+        --time-budget $budget --eval-every 250 --monitor-size 256 --target-accuracy 0.995 --eval-size 1024
+        --eval-lengths 1024 --device cuda"
+    local I="--curriculum-start 32 --curriculum-steps 100 --lr 4e-3 --warmup 50 --steps 1000 --eval-every 500
+        --monitor-size 256 --eval-size 256 --eval-precision fp32 --device cuda"
     for mixer in mamba lti_complex; do
-        python3 -m pipelines.synthetic copying --mixer $mixer --length 256 --batch 256 --lr 2e-3 --steps 6000 \
-            --time-budget "$budget" --target-accuracy 0.995 --eval-size 1024 $common \
-            >/tmp/syn/copy256_$mixer.json 2>/tmp/syn/copy256_$mixer.log &
+        python3 -m pipelines.synthetic copying --mixer $mixer $C --out /tmp/syn/copy_$mixer \
+            >/tmp/syn/copy_$mixer.json 2>/tmp/syn/copy_$mixer.log &
+    done
+    for batch in 64 256; do
+        (for seed in 0 1 2; do
+            python3 -m pipelines.synthetic induction --seed $seed --batch $batch $I --out /tmp/syn/ind_b${batch}_s$seed
+        done >/tmp/syn/ind_b$batch.json 2>/tmp/syn/ind_b$batch.log) &
     done
     wait
     cat /tmp/syn/*.json >"$OUT/synthetic.jsonl"
     tail -n 4 /tmp/syn/*.log >"$OUT/synthetic.log"
-    cp /tmp/syn/induction_mamba/induction_accuracy.png "$OUT/" 2>/dev/null
+    cp /tmp/syn/ind_b256_s0/induction_accuracy.png "$OUT/" 2>/dev/null
     cat "$OUT/synthetic.jsonl"
 }
 
