@@ -8,7 +8,9 @@ bf16 autocast, AdamW step included, cross-entropy on random ids, median of 5 ste
 warm-ups; decoding: the 130M model in bf16, a 16-token prompt then 1000 sampled tokens, wall time
 of the second call. mamba_ssm is not installed on the GPU machine, so its numbers (measured there
 with those settings) are copied below and each result is printed with its ratio to them.
-The *_ckpt run recomputes each mixer in backward (MambaConfig.checkpoint_mixer).
+The *_ckpt run recomputes each mixer in backward (MambaConfig.checkpoint_mixer); the *_unfused run
+sets Mamba.fused_inner = False (separate autograd ops for conv, projections and scan), the baseline
+of the fused step (core/modules/mamba_inner.py) in the same run.
 The *_chunked runs train one sequence of 2, 4 and 8 Mi tokens with exact gradients computed
 chunk by chunk (core.chunked.chunked_backward), where one pass would not fit in memory.
 --profile: after a training run's timing, one more step under torch.profiler; the GPU time per
@@ -41,6 +43,7 @@ TRAIN = {  # name: (d_model, n_layer, vocab, batch, length, checkpoint_mixer)
     "dna_d256_l8_L131072": (256, 8, 16, 4, 2**17, False),
     "dna_d256_l8_L1M": (256, 8, 16, 1, 2**20, False),
     "dna_d256_l8_L1M_ckpt": (256, 8, 16, 1, 2**20, True),
+    "dna_d256_l8_L1M_unfused": (256, 8, 16, 1, 2**20, False),
     "lm130m_L2048": (768, 24, 50277, 16, 2048, False),
 }
 GEN = {"gen_130m_B1": 1, "gen_130m_B64": 64}
@@ -68,11 +71,14 @@ def kernel_times(step, top=30) -> list:
 
 def train_step_bench(
     d_model, n_layer, vocab, batch, length, checkpoint_mixer=False, steps=5, warmup=2, chunk_length=None,
-    profile=False,
+    profile=False, fused_inner=True,
 ):  # fmt: skip
     torch.manual_seed(0)
     config = MambaConfig(d_model=d_model, n_layer=n_layer, vocab_size=vocab, checkpoint_mixer=checkpoint_mixer)
     model = MambaLM(config).cuda()
+    for module in model.modules():
+        if hasattr(module, "fused_inner"):
+            module.fused_inner = fused_inner
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, vocab, (batch, length + 1), device="cuda")
     times = []
@@ -147,12 +153,12 @@ def main(argv=None):
         torch.cuda.empty_cache()
 
     # the anchor comparisons first, then the runs that go beyond them
-    order = ["dna_d256_l8_L131072", "dna_d256_l8_L1M", "gen_130m_B1", "gen_130m_B64", "lm130m_L2048",
-             "dna_d256_l8_L1M_ckpt", *CHUNKED]  # fmt: skip
+    order = ["dna_d256_l8_L131072", "dna_d256_l8_L1M", "dna_d256_l8_L1M_unfused", "gen_130m_B1", "gen_130m_B64",
+             "lm130m_L2048", "dna_d256_l8_L1M_ckpt", *CHUNKED]  # fmt: skip
     for name in filter(wanted, order):
         if name in TRAIN:
-            r = train_step_bench(*TRAIN[name], profile=args.profile)
-            anchor = ANCHOR[name.removesuffix("_ckpt")]
+            r = train_step_bench(*TRAIN[name], profile=args.profile, fused_inner=not name.endswith("_unfused"))
+            anchor = ANCHOR[name.removesuffix("_ckpt").removesuffix("_unfused")]
             r["tokens_per_s_vs_mamba_ssm"] = round(r["tokens_per_s"] / anchor["tokens_per_s"], 3)
             r["peak_memory_vs_mamba_ssm"] = round(r["peak_GiB"] / anchor["peak_GiB"], 3)
         elif name in GEN:
