@@ -97,7 +97,8 @@ def _blocks(x: torch.Tensor, backward: bool = False) -> tuple[int, int]:
 
 
 def causal_conv1d_silu_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x (B, E, L) contiguous, weight (E, K) and bias (E,) in x's dtype -> silu(conv) (B, E, L)."""
+    """x (B, E, L), weight (E, K) and bias (E,) in x's dtype -> silu(conv) (B, E, L)."""
+    x, weight = x.contiguous(), weight.contiguous()
     batch, dim, length = x.shape
     BE, BL = _blocks(x)
     u = torch.empty_like(x)
@@ -112,6 +113,7 @@ def causal_conv1d_silu_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 def causal_conv1d_silu_bwd(du: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
     """Gradients (dx (B, E, L) in x's dtype, dweight (E, K) and dbias (E,) in float32) of
     causal_conv1d_silu_fwd for du (B, E, L)."""
+    x, weight = x.contiguous(), weight.contiguous()
     batch, dim, length = x.shape
     BE, BL = _blocks(x, backward=True)
     n_lblocks = triton.cdiv(length, BL)
