@@ -5,7 +5,7 @@
 
 Saved tensors are counted with torch.autograd.graph.saved_tensors_hooks (each storage once) under
 bf16 autocast, on the Triton backend in the interpreter (the code path CUDA training takes), with
-the fused Mamba step (core/modules/mamba_inner.py) on and off. Parameters are not counted. The
+the fused Mamba step (core/ops/mamba_inner.py) on and off. Parameters are not counted. The
 GPU peak adds parameters, AdamW state, gradients and the backward's temporaries on top.
 """
 

@@ -10,7 +10,7 @@ of the second call. mamba_ssm is not installed on the GPU machine, so its number
 with those settings) are copied below and each result is printed with its ratio to them.
 The *_ckpt run recomputes each mixer in backward (MambaConfig.checkpoint_mixer); the *_unfused run
 sets Mamba.fused_inner = False (separate autograd ops for conv, projections and scan), the baseline
-of the fused step (core/modules/mamba_inner.py) in the same run.
+of the fused step (core/ops/mamba_inner.py) in the same run.
 The *_chunked runs train one sequence of 2, 4 and 8 Mi tokens with exact gradients computed
 chunk by chunk (core.chunked.chunked_backward), where one pass would not fit in memory.
 --profile: after a training run's timing, one more step under torch.profiler; the GPU time per

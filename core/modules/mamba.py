@@ -20,12 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from core.ops import causal_conv1d_step, resolve_backend, selective_scan, selective_state_update
-
-
-def _channel_major(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """weight (out, in) @ x (B, in, L) -> (B, out, L) as a batched product: torch.matmul would fold
-    the batch into a transposed copy of x, and keep that copy for backward."""
-    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+from core.ops.mamba_inner import channel_major as _channel_major
 
 
 @dataclass
@@ -98,7 +93,7 @@ class Mamba(nn.Module):
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
         # training on the Triton backend: conv, projections, scan and out_proj as one autograd step
-        # that keeps 3 fewer (B, E, L) activations (core/modules/mamba_inner.py); False: separate ops
+        # that keeps 3 fewer (B, E, L) activations (core/ops/mamba_inner.py); False: separate ops
         self.fused_inner = True
 
     def allocate_cache(self, batch_size: int, dtype=None) -> MambaCache:
@@ -181,9 +176,14 @@ class Mamba(nn.Module):
         x = self._project(self.in_proj, hidden_t, 0, self.d_inner)  # (B E L)
         z = self._project(self.in_proj, hidden_t, self.d_inner, 2 * self.d_inner)  # (B E L)
         if cache is None and torch.is_grad_enabled() and self.fused_inner and self._triton(x):
-            from core.modules.mamba_inner import mamba_inner
+            from core.ops.mamba_inner import mamba_inner
 
-            return mamba_inner(self, x, z, seq_idx).transpose(1, 2)  # (B L D)
+            out = mamba_inner(
+                x, z, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight, self.out_proj.bias, self.dt_rank,
+                self.d_state, seq_idx, None if seq_idx is None else (lambda t: self._conv(t, None, seq_idx)),
+            )  # fmt: skip
+            return out.transpose(1, 2)  # (B L D)
         x = self._conv_act(x, cache, seq_idx)
         dt, B, C = _channel_major(self.x_proj.weight, x).split([self.dt_rank, self.d_state, self.d_state], dim=1)
         delta = _channel_major(self.dt_proj.weight, dt)  # (B E L); the bias goes to the scan (delta_bias)

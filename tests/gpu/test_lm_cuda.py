@@ -25,7 +25,7 @@ def test_lm_forward_backward_on_cuda_matches_cpu():
 
 
 def test_fused_mamba_step_matches_separate_ops_bf16():
-    """The fused conv + projections + scan + out_proj step (core/modules/mamba_inner.py, Triton conv)
+    """The fused conv + projections + scan + out_proj step (core/ops/mamba_inner.py, Triton conv)
     against the separate autograd ops, at a DNA-model width and 8192 steps under bf16 autocast."""
     torch.manual_seed(0)
     model = MambaLM(MambaConfig(d_model=256, n_layer=2, vocab_size=16)).cuda()

@@ -1,4 +1,4 @@
-"""The fused conv + projections + scan + out_proj step of the Mamba block (core/modules/mamba_inner.py)
+"""The fused conv + projections + scan + out_proj step of the Mamba block (core/ops/mamba_inner.py)
 against the same block run as separate autograd ops: outputs and every gradient, with and without
 packed sequences and under bf16 autocast, and what it keeps for backward. Triton backend in the
 interpreter, as CI runs it."""
