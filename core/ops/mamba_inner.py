@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .triton_conv import causal_conv1d_silu_bwd, causal_conv1d_silu_fwd
-from .triton_scan import _selective_scan_bwd_op, _selective_scan_fwd_op
+# the Triton modules are imported where used: core.modules imports channel_major from here, and
+# `import core` must work without Triton (and before a test sets TRITON_INTERPRET)
 
 
 def channel_major(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -35,6 +35,8 @@ def _conv_silu(x_pre, conv_w, conv_b, conv_fn):
     casts them), or conv_fn's conv (packed sequences)."""
     if conv_fn is not None:
         return F.silu(conv_fn(x_pre))
+    from .triton_conv import causal_conv1d_silu_fwd
+
     return causal_conv1d_silu_fwd(
         x_pre, conv_w[:, 0, :].to(x_pre.dtype), None if conv_b is None else conv_b.to(x_pre.dtype)
     )
@@ -55,6 +57,8 @@ class _MambaInner(torch.autograd.Function):
     @staticmethod
     def forward(ctx, shape, conv_fn, seq_idx, x_pre, z, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, out_w,
                 out_b):  # fmt: skip
+        from .triton_scan import _selective_scan_fwd_op
+
         device = x_pre.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.shape, ctx.conv_fn = shape, conv_fn
@@ -70,6 +74,9 @@ class _MambaInner(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
+        from .triton_conv import causal_conv1d_silu_bwd
+        from .triton_scan import _selective_scan_bwd_op
+
         x_pre, z, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, out_w, out_b, E, seq_idx = ctx.saved_tensors
         device, autocast_on, autocast_dtype = ctx.autocast
         autocast = lambda: torch.autocast(device, dtype=autocast_dtype, enabled=autocast_on)  # noqa: E731
