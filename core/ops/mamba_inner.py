@@ -30,6 +30,11 @@ def channel_major(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
 
 
+def _conv_args(x_pre, conv_w, conv_b):
+    """The conv's weight (E, K) and bias in x_pre's dtype, as autocast casts them for the torch conv."""
+    return conv_w[:, 0, :].to(x_pre.dtype), None if conv_b is None else conv_b.to(x_pre.dtype)
+
+
 def _conv_silu(x_pre, conv_w, conv_b, conv_fn):
     """u = silu(causal conv(x_pre)): the Triton kernel (weights cast to x_pre's dtype, as autocast
     casts them), or conv_fn's conv (packed sequences)."""
@@ -37,9 +42,7 @@ def _conv_silu(x_pre, conv_w, conv_b, conv_fn):
         return F.silu(conv_fn(x_pre))
     from .triton_conv import causal_conv1d_silu_fwd
 
-    return causal_conv1d_silu_fwd(
-        x_pre, conv_w[:, 0, :].to(x_pre.dtype), None if conv_b is None else conv_b.to(x_pre.dtype)
-    )
+    return causal_conv1d_silu_fwd(x_pre, *_conv_args(x_pre, conv_w, conv_b))
 
 
 def _proj(u, x_proj_w, dt_proj_w, dt_rank, d_state):
@@ -108,9 +111,7 @@ class _MambaInner(torch.autograd.Function):
             du_proj, dxproj_w, ddtproj_w = torch.autograd.grad(
                 (delta, B, C), (u, x_proj_leaf, dt_proj_leaf), (ddelta, dB, dC)
             )
-            dx, dconv_w, dconv_b = causal_conv1d_silu_bwd(
-                du + du_proj, x_pre, conv_w[:, 0, :].to(x_pre.dtype), None if conv_b is None else conv_b.to(x_pre.dtype)
-            )
+            dx, dconv_w, dconv_b = causal_conv1d_silu_bwd(du + du_proj, x_pre, *_conv_args(x_pre, conv_w, conv_b))
             dconv_w = dconv_w[:, None, :].to(conv_w.dtype)
             dconv_b = None if conv_b is None else dconv_b.to(conv_b.dtype)
         else:

@@ -277,9 +277,8 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     # channels) its compiled form gave wrong y on an H200 (tests/gpu: step vs scan forward), so
     # those (dims with no power-of-two factor of 8, and tests' forced plans) take the scan kernel
     step = FWD_KERNEL == "seq" and T % 8 == 0 and DK >= 8
-    if step:
-        Bk, Ck = _padded_bc(B, n_chunks * T, NP, acc), _padded_bc(C, n_chunks * T, NP, acc)
-        fast_exp = u.is_cuda and acc == torch.float32
+    fast_exp = u.is_cuda and acc == torch.float32
+    Bk, Ck = (_padded_bc(B, n_chunks * T, NP, acc), _padded_bc(C, n_chunks * T, NP, acc)) if step else (B, C)
     if n_seg > 1:
         P = torch.empty(batch, dim, n_seg, d_state, dtype=acc, device=u.device)
         S = torch.empty_like(P)
@@ -331,11 +330,9 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
             num_warps=NUM_WARPS,
         )
         has_h0 = True
-    kernel, extra = _selective_scan_fwd_kernel, {}
-    if step:
-        kernel, extra = _selective_scan_fwd_seq_kernel, dict(FAST_EXP=fast_exp)
-    else:
-        Bk, Ck = B, C
+    kernel, extra = (
+        (_selective_scan_fwd_seq_kernel, dict(FAST_EXP=fast_exp)) if step else (_selective_scan_fwd_kernel, {})
+    )
     kernel[grid](
         u,
         delta,
