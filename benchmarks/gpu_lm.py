@@ -138,6 +138,12 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", default=None, help="names of the runs to do (default: all)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--profile", action="store_true", help="add GPU time per kernel of one training step")
+    parser.add_argument(
+        "--scan-variants",
+        default="[]",
+        help='JSON list of core.ops.triton_scan settings (e.g. [{"CHUNK": 64}]): after the runs, time '
+        "dna_d256_l8_L1M again under each, as runs named dna_d256_l8_L1M+SETTINGS",
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("gpu_lm.py needs a CUDA GPU")
@@ -170,6 +176,19 @@ def main(argv=None):
         record(name, r)
         for kernel, ms, calls in r.get("profile", []):
             print(f"  {ms:9.2f} ms {calls:6d}x  {kernel}", file=sys.stderr)
+    from core.ops import triton_scan
+
+    base = "dna_d256_l8_L1M"
+    for variant in json.loads(args.scan_variants):
+        saved = {k: getattr(triton_scan, k) for k in variant}
+        for k, v in variant.items():
+            setattr(triton_scan, k, v)
+        r = train_step_bench(*TRAIN[base])
+        r["tokens_per_s_vs_mamba_ssm"] = round(r["tokens_per_s"] / ANCHOR[base]["tokens_per_s"], 3)
+        r["peak_memory_vs_mamba_ssm"] = round(r["peak_GiB"] / ANCHOR[base]["peak_GiB"], 3)
+        record(f"{base}+{json.dumps(variant, sort_keys=True)}", r)
+        for k, v in saved.items():
+            setattr(triton_scan, k, v)
     print(json.dumps(results))
 
 

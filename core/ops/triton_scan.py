@@ -273,10 +273,13 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     bias = delta_bias if delta_bias is not None else A
     keep = keep if keep is not None else A  # any pointer: HAS_SEQ=False never reads it
     h0, has_h0 = initial_state, initial_state is not None
-    # the step kernel works in 8-step blocks; with under 8 channels per program (lanes repeating
-    # channels) its compiled form gave wrong y on an H200 (tests/gpu: step vs scan forward), so
-    # those (dims with no power-of-two factor of 8, and tests' forced plans) take the scan kernel
-    step = FWD_KERNEL == "seq" and T % 8 == 0 and DK >= 8
+    # the step kernel works in 8-step blocks. Compiled with fewer channels than lanes (lanes then
+    # repeat channels) it gave wrong y on an H200: at 4 channels in float32, at 8 in bf16 (tests/gpu:
+    # step vs scan forward, and the 1 x 8 x 2^20 case). So on the GPU it runs only with one channel
+    # per lane; the interpreter, which computed those cases right, keeps it from 8 channels so CI
+    # covers its masks and partial blocks at tiny dims.
+    full_warp = DK == 32 * NUM_WARPS if u.is_cuda else DK >= 8
+    step = FWD_KERNEL == "seq" and T % 8 == 0 and full_warp
     fast_exp = u.is_cuda and acc == torch.float32
     Bk, Ck = (_padded_bc(B, n_chunks * T, NP, acc), _padded_bc(C, n_chunks * T, NP, acc)) if step else (B, C)
     if n_seg > 1:

@@ -97,27 +97,31 @@ def test_against_reference_4096(groups, segments, monkeypatch):
 STEP_PLANS = [(32, 32, 128), (32, 32, 7), (64, 32, 7), (32, 16, 4), (32, 8, 8), (64, 4, 7)]
 
 
+STEP_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float64: 1e-12}
+
+
+@pytest.mark.parametrize("dtype", list(STEP_TOL), ids=str)
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("plan", STEP_PLANS, ids=lambda p: "T{}dk{}seg{}".format(*p))
-def test_step_forward_equals_scan_forward(plan, groups, monkeypatch):
-    """The two forward kernels (FWD_KERNEL) agree in float32 under forced plans, y and the last
-    state. Compiled, the step kernel gave wrong y with 4 channels per program (lanes then repeat
-    channels; the 8-step blocks come out wrong) while the interpreter was right, so the launcher
-    gives programs under 8 channels to the scan kernel: the dk4 case checks that hand-over."""
+def test_step_forward_equals_scan_forward(plan, groups, dtype, monkeypatch):
+    """The two forward kernels (FWD_KERNEL) agree under forced plans, y and the last state.
+    Compiled, the step kernel gave wrong y with fewer channels per program than lanes (4 channels
+    in float32, 8 in bf16 at 1 x 8 x 2^20) while the interpreter was right, so on the GPU the
+    launcher gives such programs to the scan kernel: the dk4/dk8/dk16 cases check that hand-over,
+    the dk32 ones the step kernel in each input dtype."""
     from core.ops import triton_scan
 
     T, DK, cps = plan
     monkeypatch.setattr(triton_scan, "plan_scan", lambda *a, **k: triton_scan.ScanPlan(T, DK, cps, 8, 5))
-    x = {
-        k: (v.float() if v is not None and v.dtype == torch.bfloat16 else v)
-        for k, v in make(2, 32, 4096, groups=groups).items()
-    }
+    x = make(2, 32, 4096, groups=groups, dtype=dtype)
+    if dtype == torch.float64:
+        x = {k: v if v is None else v.double() for k, v in x.items()}
     out = {}
     for kernel in ("scan", "seq"):
         monkeypatch.setattr(triton_scan, "FWD_KERNEL", kernel)
         out[kernel] = triton_fn(**x, delta_softplus=True, return_last_state=True)
-    assert rel(out["seq"][0], out["scan"][0]) < 1e-5
-    assert rel(out["seq"][1], out["scan"][1]) < 1e-5
+    assert rel(out["seq"][0], out["scan"][0]) < STEP_TOL[dtype]
+    assert rel(out["seq"][1], out["scan"][1]) < STEP_TOL[dtype]
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 1 << 20), (2, 4, (1 << 20) - 3)])

@@ -224,7 +224,8 @@ def test_step_forward_matches_reference(case, seg_kernel, force_plan, monkeypatc
 
 
 def test_step_forward_is_used_from_8_channels(force_plan, monkeypatch):
-    """The hand-over rule: the step kernel runs at 8 channels per program, the scan kernel below."""
+    """The hand-over rule in the interpreter: the step kernel runs at 8 channels per program, the scan
+    kernel below (on the GPU the step kernel needs 32, one per lane: tests/gpu)."""
     launched = []
     monkeypatch.setattr(triton_scan, "_check_runnable", lambda u: None)  # it looks at the kernel's type
     for name in ("_selective_scan_fwd_seq_kernel", "_selective_scan_fwd_kernel"):
