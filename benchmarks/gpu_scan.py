@@ -123,8 +123,8 @@ def run_sweep(shapes, variants):
     from core.ops import triton_scan as ts
 
     # the first sweeps (benchmarks/results/README.md) settled chunk 32, one warp per program,
-    # the segment rules, the backward's register cap and the step-by-step forward; the default
-    # variants time the step-by-step segment pass and the scan forward against the defaults
+    # the segment rules, the backward's register cap, the step-by-step forward and (session 4) its
+    # step-by-step segment pass; the default variants time the older kernels against the defaults
     rows = []
     for variant in variants:
         saved = {k: getattr(ts, k) for k in variant}
@@ -158,7 +158,7 @@ def main(argv=None):
     parser.add_argument("--shapes", default=",".join(ANCHOR["scan"]), help="comma-separated anchor shape names")
     parser.add_argument(
         "--sweep-variants",
-        default='[{}, {"FWD_SEG_KERNEL": "seq"}, {"FWD_KERNEL": "scan"}]',
+        default='[{}, {"FWD_SEG_KERNEL": "sum"}, {"FWD_KERNEL": "scan"}]',
         help="JSON list of core.ops.triton_scan settings to time",
     )
     parser.add_argument("--sweep-shapes", default="lm_B8_D2048_L4096,dna_B1_D512_L1M", help="shapes for --sweep")

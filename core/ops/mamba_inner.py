@@ -104,14 +104,21 @@ class _MambaInner(torch.autograd.Function):
             dy.contiguous(), None, u.detach(), delta.detach(), A, B.detach(), C.detach(), D.float(), z,
             dt_bias.float(), None, E, True, seq_idx, True,
         )  # fmt: skip
+        # (B, E, L) buffers go as soon as they are used: at 2^20 steps each is 1 GiB a layer, and
+        # the backward's peak is where most of them would otherwise be alive at once
+        del dy
         with autocast():
             dout_w = torch.bmm(dout, y.to(dout.dtype).transpose(1, 2)).sum(0).to(out_w.dtype)
+        del y
         dout_b = dout.sum((0, 2)).to(out_b.dtype) if out_b is not None else None
         if triton_conv:  # the projections' share of du, then the conv's backward in Triton
             du_proj, dxproj_w, ddtproj_w = torch.autograd.grad(
                 (delta, B, C), (u, x_proj_leaf, dt_proj_leaf), (ddelta, dB, dC)
             )
-            dx, dconv_w, dconv_b = causal_conv1d_silu_bwd(du + du_proj, x_pre, *_conv_args(x_pre, conv_w, conv_b))
+            del u, leaves, delta, B, C, ddelta, dB, dC
+            du = du.add_(du_proj) if du.dtype == du_proj.dtype else du + du_proj
+            del du_proj
+            dx, dconv_w, dconv_b = causal_conv1d_silu_bwd(du, x_pre, *_conv_args(x_pre, conv_w, conv_b))
             dconv_w = dconv_w[:, None, :].to(conv_w.dtype)
             dconv_b = None if conv_b is None else dconv_b.to(conv_b.dtype)
         else:

@@ -91,9 +91,10 @@ FWD_KERNEL = "seq"
 FWD_SEQ_SLOTS_PER_SM = 16
 # With FWD_KERNEL "seq", the segment pass (each segment's end state from zero) can also walk step
 # by step (_segment_state_fwd_seq_kernel: 2.5x fewer SASS instructions than the summing kernel's
-# per state-step on sm_90, exp-bound). "sum" is what the H200 numbers were measured with; "seq" is
-# tested for exactness (CI, interpreter) but not yet timed on a GPU.
-FWD_SEG_KERNEL = "sum"
+# per state-step on sm_90, exp-bound). On the H200 "seq" is faster at all four anchor shapes:
+# forward 1.90/2.48/14.20/14.35 ms against 2.18/3.02/16.75/16.75 with "sum", the DNA LM step at
+# 2^20 tokens 854 against 874 ms (benchmarks/results/README.md, session 4).
+FWD_SEG_KERNEL = "seq"
 FULL = 0.7
 SEG_WAVES = 4
 # The segment kernels (no scan, only sums: far fewer live registers) walk their segment in
