@@ -98,7 +98,7 @@ def make_inputs(batch, dim, length, seed=0):
     )
 
 
-def time_shape(batch, dim, length):
+def time_shape(batch, dim, length, warmup=3, reps=10):
     from core.ops import selective_scan
 
     x = make_inputs(batch, dim, length)
@@ -113,8 +113,8 @@ def time_shape(batch, dim, length):
         y = selective_scan(**x, delta_softplus=True, backend="triton")
         return torch.autograd.grad(y, leaves, dy)
 
-    fwd_ms = cuda_time_ms(fwd)
-    fwdbwd_ms = cuda_time_ms(fwdbwd)
+    fwd_ms = cuda_time_ms(fwd, warmup, reps)
+    fwdbwd_ms = cuda_time_ms(fwdbwd, warmup, reps)
     return fwd_ms, fwdbwd_ms, torch.cuda.max_memory_allocated() / 2**30
 
 
@@ -162,12 +162,21 @@ def main(argv=None):
         help="JSON list of core.ops.triton_scan settings to time",
     )
     parser.add_argument("--sweep-shapes", default="lm_B8_D2048_L4096,dna_B1_D512_L1M", help="shapes for --sweep")
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="run each shape's forward+backward twice, untimed, and stop: for a profiler (ncu -k ...)",
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu_scan.py needs a CUDA GPU")
     from core.ops import triton_scan as ts
 
     shapes = {name: ANCHOR["scan"][name] for name in args.shapes.split(",")}
+    if args.once:
+        for s in shapes.values():
+            time_shape(s["batch"], s["dim"], s["length"], warmup=1, reps=1)
+        return
     sweep, chosen = None, {}
     if args.sweep:
         shapes = {name: ANCHOR["scan"][name] for name in args.sweep_shapes.split(",")}
