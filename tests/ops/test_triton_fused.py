@@ -145,8 +145,8 @@ def test_training_backward_with_one_gradient_missing(d_normed, d_residual, dtype
 
 @pytest.mark.parametrize("d", [1024, 8192])
 def test_training_kernels_at_wide_rows(d):
-    """Few rows a tile at large D; at D 1024, 45 rows are 4 programs of 3 tiles of 4 rows each, the
-    last tile with one row: the backward's loop over a program's tiles and its row mask."""
+    """Few rows a tile at large D; at D 1024 the backward cuts 45 rows into 4 programs of 12 rows in
+    2-row tiles, the last program 9: its loop over a program's tiles and its row mask."""
     _assert_matches(_training_leaves((45 if d == 1024 else 3, d), torch.bfloat16, torch.float32, torch.float32), True)
 
 
