@@ -61,11 +61,11 @@ def make_norm(config: MambaConfig) -> nn.Module:
 
 def add_norm(norm: nn.Module, hidden, residual, residual_in_fp32: bool, backend: str = "auto"):
     """residual += hidden, then hidden = norm(residual); the residual stream optionally kept in fp32.
-    RMSNorm: under autograd a function with a smaller backward, outside it on CUDA one fused
-    kernel (`core.ops.add_rms_norm`)."""
+    RMSNorm: under autograd a function with a smaller backward (on CUDA one Triton kernel each
+    way), outside it on CUDA one fused kernel (`core.ops.add_rms_norm`)."""
     if isinstance(norm, RMSNorm):
         if torch.is_grad_enabled():  # training: the backward that keeps less (core.modules.norm)
-            return add_rms_norm_autograd(hidden, residual, norm.weight, norm.eps, residual_in_fp32)
+            return add_rms_norm_autograd(hidden, residual, norm.weight, norm.eps, residual_in_fp32, backend)
         return add_rms_norm(hidden, residual, norm.weight, norm.eps, residual_in_fp32, backend=backend)
     residual = hidden if residual is None else hidden + residual
     hidden = norm(residual.to(norm.weight.dtype))
