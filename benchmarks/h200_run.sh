@@ -5,6 +5,7 @@
 #   bash benchmarks/h200_run.sh tests scan lm   # GPU tests, the scan vs mamba_ssm, the LM training/decoding
 #   bash benchmarks/h200_run.sh synthetic       # selective copying + induction heads (issue 6)
 #   bash benchmarks/h200_run.sh audio           # SaShiMi SC09-size model: tokens/s and generation RTF (issue 5)
+#   bash benchmarks/h200_run.sh ncu             # Nsight Compute sections of the scan kernels at 8x2048x4096
 #
 # The device machine has torch, triton and lightning but not soundfile/soxr/pyfaidx: wheels for
 # those travel in .whl/ (see /work/.library/device/README.md) and are installed to /tmp/site.
@@ -26,6 +27,15 @@ stage_tests() {
 # issue 3: the scan at the four anchor shapes with the shipped launch plan (add --sweep to re-tune it)
 stage_scan() {
     python3 benchmarks/gpu_scan.py --out "$OUT/scan.json" 2>&1 | tee "$OUT/scan.log" | grep -v "^ *$"
+}
+
+# where the scan kernels' cycles go (issue, stalls, occupancy), at the 4096-step anchor shape: the
+# first 3 launches of the step forward and the first of the backward under Nsight Compute
+stage_ncu() {
+    ncu --clock-control none --section SpeedOfLight --section Occupancy --section SchedulerStats \
+        --section WarpStateStats --section LaunchStats -k "regex:_selective_scan_(fwd_seq|bwd)_kernel" \
+        --launch-count 4 python3 benchmarks/gpu_scan.py --once --shapes lm_B8_D2048_L4096 >"$OUT/ncu.txt" 2>&1
+    grep -E "^  _sel|Issue Slots Busy|Warp Cycles Per Issued|Achieved Occupancy|Registers Per|No Eligible|Stall" "$OUT/ncu.txt" | head -n 60
 }
 
 stage_lm() {
