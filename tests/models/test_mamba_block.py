@@ -99,3 +99,21 @@ def test_training_activation_memory_per_layer_stays_small():
     unit = 2 * block.d_inner * length * 4
     saved = saved_activation_bytes(lambda: block(hidden))
     assert saved < 7 * unit
+
+
+def test_autocast_keeps_one_low_precision_copy_of_the_input():
+    """Under bf16 autocast the x and z products share one bf16 copy of the block's input: left to
+    autocast, each product cast (and kept) its own, 0.5 GiB a layer at 2^20 tokens and d_model 256."""
+    d_model, length = 64, 96
+    block = Mamba(d_model=d_model, d_state=16)
+    hidden = torch.randn(1, length, d_model, requires_grad=True)
+    kept = []
+
+    def pack(t):
+        if t.dtype == torch.bfloat16 and t.numel() == hidden.numel():
+            kept.append(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        block(hidden)
+    assert len(kept) >= 2 and len(set(kept)) == 1
