@@ -55,7 +55,7 @@ import torch
 import triton
 
 from .checks import compute_dtype
-from .triton_scan_bwd import _segment_state_bwd_kernel, _selective_scan_bwd_kernel
+from .triton_scan_bwd import _segment_state_bwd_kernel, _segment_state_bwd_seq_kernel, _selective_scan_bwd_kernel
 from .triton_scan_fwd import (
     _segment_state_fwd_kernel,
     _segment_state_fwd_seq_kernel,
@@ -95,6 +95,10 @@ FWD_SEQ_SLOTS_PER_SM = 16
 # forward 1.90/2.48/14.20/14.35 ms against 2.18/3.02/16.75/16.75 with "sum", the DNA LM step at
 # 2^20 tokens 854 against 874 ms (benchmarks/results/README.md, session 4).
 FWD_SEG_KERNEL = "seq"
+# The backward's segment pass (each segment's gradient into its start, P and Q): "seq" walks the
+# steps backwards one by one with a channel per lane (_segment_state_bwd_seq_kernel), "sum" sums
+# exponentials of cumulative deltas over (N, T) tiles (_segment_state_bwd_kernel).
+BWD_SEG_KERNEL = "seq"
 FULL = 0.7
 SEG_WAVES = 4
 # The segment kernels (no scan, only sums: far fewer live registers) walk their segment in
@@ -227,6 +231,14 @@ def _keep_factor(seq_idx: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor
     return keep
 
 
+def _one_per_lane(channels: int, on_gpu: bool) -> bool:
+    """Whether the step-by-step kernels (one channel per lane, 8-step blocks) may run a program of
+    `channels` channels: on the GPU only with every lane its own channel (with fewer channels lanes
+    repeat them, and compiled that way they gave wrong results on an H200); in the interpreter, which
+    computes those right, from 8 so CI covers masks and partial blocks at tiny dims."""
+    return channels == 32 * NUM_WARPS if on_gpu else channels >= 8
+
+
 def _padded_bc(M: torch.Tensor, padded_length: int, NP: int, acc: torch.dtype) -> torch.Tensor:
     """B or C for the step-by-step forward: a constant (dim, N) matrix as it is; otherwise a float32
     (batch, groups, padded_length, NP) copy, zero past the end, so the kernel loads a step's row
@@ -279,8 +291,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     # step vs scan forward, and the 1 x 8 x 2^20 case). So on the GPU it runs only with one channel
     # per lane; the interpreter, which computed those cases right, keeps it from 8 channels so CI
     # covers its masks and partial blocks at tiny dims.
-    full_warp = DK == 32 * NUM_WARPS if u.is_cuda else DK >= 8
-    step = FWD_KERNEL == "seq" and T % 8 == 0 and full_warp
+    step = FWD_KERNEL == "seq" and T % 8 == 0 and _one_per_lane(DK, u.is_cuda)
     fast_exp = u.is_cuda and acc == torch.float32
     Bk, Ck = (_padded_bc(B, n_chunks * T, NP, acc), _padded_bc(C, n_chunks * T, NP, acc)) if step else (B, C)
     if n_seg > 1:
@@ -418,30 +429,39 @@ def _scan_bwd(
         P = torch.empty(batch, dim, n_seg, d_state, dtype=acc, device=dev)
         Q = torch.empty_like(P)
         f = SEG_COARSEN if cps % SEG_COARSEN == 0 else 1
-        _segment_state_bwd_kernel[grid](
-            delta,
-            A,
-            C,
-            z if z is not None else u,
-            bias,
-            keep,
-            dy,
-            P,
-            Q,
-            dim,
-            length,
-            d_state,
-            triton.cdiv(length, T * f),
-            cps // f,
-            n_seg,
-            cgd,
-            cg,
-            DK=DK,
-            T=T * f,
-            NP=NP,
-            num_warps=BWD_NUM_WARPS,
-            **flags,
-        )
+        # its own channel blocks (a lane per channel, inside one C group): P and Q do not depend on them
+        seq_dk = max(k for k in (1, 2, 4, 8, 16, 32) if cgd % k == 0)
+        if BWD_SEG_KERNEL == "seq" and T % 8 == 0 and _one_per_lane(seq_dk, u.is_cuda):
+            _segment_state_bwd_seq_kernel[(batch, dim // seq_dk, n_seg)](
+                delta, A, _padded_bc(C, n_chunks * T, NP, acc), z if z is not None else u, bias, keep, dy, P, Q,
+                dim, length, d_state, n_chunks, cps, n_seg, cgd, cg, n_chunks * T, 0,
+                DK=seq_dk, T=T, NP=NP, FAST_EXP=u.is_cuda and acc == torch.float32, num_warps=NUM_WARPS, **flags,
+            )  # fmt: skip
+        else:
+            _segment_state_bwd_kernel[grid](
+                delta,
+                A,
+                C,
+                z if z is not None else u,
+                bias,
+                keep,
+                dy,
+                P,
+                Q,
+                dim,
+                length,
+                d_state,
+                triton.cdiv(length, T * f),
+                cps // f,
+                n_seg,
+                cgd,
+                cg,
+                DK=DK,
+                T=T * f,
+                NP=NP,
+                num_warps=BWD_NUM_WARPS,
+                **flags,
+            )
         R = torch.empty_like(P)
         final = torch.empty(batch, dim, d_state, dtype=acc, device=dev)
         _state_passing_kernel[(batch * dim,)](

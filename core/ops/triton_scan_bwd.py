@@ -1,6 +1,7 @@
 """Backward Triton kernels of the selective scan (design, launch and autograd: triton_scan.py).
 
 _segment_state_bwd_kernel   each segment's gradient into its start, and its decay
+_segment_state_bwd_seq_kernel  the same, walked step by step backwards (one channel per lane)
 _selective_scan_bwd_kernel  per chunk (last first) and channel: recompute h from E, scan the
                             adjoint backwards, emit every gradient
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_scan_fwd import _delta, _scan_combine
+from .triton_scan_fwd import _bc_rows, _delta, _exp2, _rows8, _scan_combine, _unzip8
 
 
 @triton.jit
@@ -121,6 +122,111 @@ def _segment_state_bwd_kernel(
         offs_seg = (row * n_seg + pid_s) * d_state + offs_n
         tl.store(Q_ptr + offs_seg, Q, mask=n_mask)
         tl.store(P_ptr + offs_seg, tl.exp(A * total) * alive, mask=n_mask)
+
+
+@triton.jit
+def _seq_adjoint_back(Q, A2, raw, dyz, Cc, keep, m, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                      HAS_SEQ: tl.constexpr, FAST_EXP: tl.constexpr):  # fmt: skip
+    """One step back for a (DK, NP) tile: the gradient into the state before step t, from the output
+    at t and the gradient Q into the state after it: exp(dt A) (C dy + Q). Returns it and dt (DK, 1)."""
+    dt, _ = _delta(raw, bias, m, HAS_BIAS, SOFTPLUS)
+    dA = _exp2(dt * A2, FAST_EXP)
+    if HAS_SEQ:
+        dA *= keep  # a sequence starting at t: nothing before it sees t or later
+    return dA * (Cc * dyz + Q), dt
+
+
+@triton.jit
+def _segment_state_bwd_seq_kernel(
+    delta_ptr,
+    A_ptr,
+    C_ptr,  # (batch, groups, bc_len, NP) float32, zero-padded (triton_scan._padded_bc), or (dim, N)
+    z_ptr,
+    bias_ptr,
+    keep_ptr,  # (batch, length): 0 where a packed sequence starts, else 1
+    dy_ptr,
+    P_ptr,
+    Q_ptr,  # P, Q: (batch, dim, n_seg, N)
+    dim,
+    length,
+    d_state,
+    n_chunks,
+    chunks_per_seg,
+    n_seg,
+    c_group_dim,
+    c_groups,
+    bc_len,
+    zero,  # 0 at run time: hides contiguity, see _selective_scan_fwd_seq_kernel
+    DK: tl.constexpr,
+    T: tl.constexpr,
+    NP: tl.constexpr,
+    C_CONST: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    IS_F64: tl.constexpr,
+    FAST_EXP: tl.constexpr,
+):
+    """_segment_state_bwd_kernel's Q and P the way _segment_state_fwd_seq_kernel walks a segment:
+    each thread owns one channel's NP states and goes from the segment's last step to its first,
+    Q = exp(dt_t A) (C_t dy_t + Q), in 8-step blocks (one 16-byte load of dy, delta, z per block).
+    No cumulative sums or exponentials of them over a tile, no cross-lane traffic. Same layout
+    rules and T % 8 == 0 as the forward step kernels."""
+    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
+    pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_k = tl.arange(0, DK)
+    offs_n = tl.arange(0, NP)
+    n_mask = (offs_n < d_state)[None, :]  # (1, NP)
+    n_idx = offs_n[None, :] * (zero + 1)  # (1, NP)
+    zero_k = offs_k[:, None] * zero  # (DK, 1)
+    d0 = pid_d * DK
+    d = (d0 + offs_k)[:, None]  # (DK, 1)
+    rows = (pid_b * dim + d).to(tl.int64)  # (DK, 1)
+    C_base = _bc_rows(C_ptr, pid_b * c_groups + d0 // c_group_dim, bc_len, zero_k, zero, NP)
+    steps = zero_k[:, :, None] + tl.arange(0, 8)[None, None, :]  # (DK, 1, 8)
+    keep_row = keep_ptr + pid_b.to(tl.int64) * length + steps
+    c_first = pid_s * chunks_per_seg
+    c_end = tl.minimum(c_first + chunks_per_seg, n_chunks)
+    A2 = tl.load(A_ptr + d * d_state + n_idx, mask=n_mask, other=0.0).to(ACC) * 1.4426950408889634  # (DK, NP)
+    bias = tl.load(bias_ptr + d).to(ACC) if HAS_BIAS else 0.0
+    if C_CONST:
+        Cd = tl.load(C_ptr + d * d_state + n_idx, mask=n_mask, other=0.0).to(ACC)
+        C0, C1, C2, C3, C4, C5, C6, C7 = Cd, Cd, Cd, Cd, Cd, Cd, Cd, Cd
+    Q = tl.zeros([DK, NP], dtype=ACC)
+    total = tl.zeros([DK, 1], dtype=ACC)  # sum of delta over the segment
+    alive = tl.full([DK, 1], 1.0, ACC)  # 0 once a reset is seen
+    delta_rows = delta_ptr + (rows * length)[:, :, None] + steps  # (DK, 1, 8)
+    dy_rows = dy_ptr + (rows * length)[:, :, None] + steps
+    z_rows = z_ptr + (rows * length)[:, :, None] + steps
+    for j in range(0, (c_end - c_first) * (T // 8)):
+        t0 = c_end * T - 8 * (j + 1)
+        m = (t0 + steps) < length  # (DK, 1, 8)
+        r0, r1, r2, r3, r4, r5, r6, r7 = _unzip8(tl.load(delta_rows + t0, mask=m, other=0.0).to(ACC))
+        dyz = tl.load(dy_rows + t0, mask=m, other=0.0).to(ACC)
+        if HAS_Z:
+            zz = tl.load(z_rows + t0, mask=m, other=0.0).to(ACC)
+            dyz *= zz / (1.0 + tl.exp(-zz))  # the gradient reaching C h: dy times silu(z)
+        y0, y1, y2, y3, y4, y5, y6, y7 = _unzip8(dyz)
+        k_blk = tl.load(keep_row + t0, mask=m, other=1.0).to(ACC) if HAS_SEQ else tl.zeros([DK, 1, 8], ACC)
+        if HAS_SEQ:
+            alive *= tl.reshape(tl.min(k_blk, axis=2), [DK, 1])
+        k0, k1, k2, k3, k4, k5, k6, k7 = _unzip8(k_blk)
+        m0, m1, m2, m3, m4, m5, m6, m7 = _unzip8(m)
+        if not C_CONST:
+            C0, C1, C2, C3, C4, C5, C6, C7 = _rows8(C_base, t0, DK, NP)
+        Q, dt7 = _seq_adjoint_back(Q, A2, r7, y7, C7, k7, m7, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        Q, dt6 = _seq_adjoint_back(Q, A2, r6, y6, C6, k6, m6, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        Q, dt5 = _seq_adjoint_back(Q, A2, r5, y5, C5, k5, m5, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        Q, dt4 = _seq_adjoint_back(Q, A2, r4, y4, C4, k4, m4, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        Q, dt3 = _seq_adjoint_back(Q, A2, r3, y3, C3, k3, m3, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        Q, dt2 = _seq_adjoint_back(Q, A2, r2, y2, C2, k2, m2, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        Q, dt1 = _seq_adjoint_back(Q, A2, r1, y1, C1, k1, m1, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        Q, dt0 = _seq_adjoint_back(Q, A2, r0, y0, C0, k0, m0, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+        total += ((dt0 + dt1) + (dt2 + dt3)) + ((dt4 + dt5) + (dt6 + dt7))
+    offs_seg = (rows * n_seg + pid_s) * d_state + n_idx  # (DK, NP)
+    tl.store(Q_ptr + offs_seg, Q, mask=n_mask)
+    tl.store(P_ptr + offs_seg, _exp2(A2 * total, FAST_EXP) * alive, mask=n_mask)
 
 
 @triton.jit

@@ -219,8 +219,26 @@ STEP_CASES = [
 @pytest.mark.parametrize("seg_kernel", ["sum", "seq"])
 @pytest.mark.parametrize("case", STEP_CASES, ids=lambda c: f"b{c[0]}d{c[1]}l{c[2]}n{c[3]}g{c[4]}{c[5]}")
 def test_step_forward_matches_reference(case, seg_kernel, force_plan, monkeypatch):
+    """seg_kernel: both segment passes (forward and backward) summing over tiles, or both walking
+    step by step (the backward's picks its own channel blocks: 8 or 16 here)."""
     monkeypatch.setattr(triton_scan, "FWD_SEG_KERNEL", seg_kernel)
+    monkeypatch.setattr(triton_scan, "BWD_SEG_KERNEL", seg_kernel)
     check_against_reference(case, True, force_plan)
+
+
+def test_step_segment_backward_is_used_from_8_channels(force_plan, monkeypatch):
+    """The backward's step segment pass runs with 8 channels in a C group (interpreter), the summing
+    kernel below; both only where the backward has more than one segment."""
+    launched = []
+    monkeypatch.setattr(triton_scan, "_check_runnable", lambda u: None)
+    for name in ("_segment_state_bwd_seq_kernel", "_segment_state_bwd_kernel"):
+        monkeypatch.setattr(triton_scan, name, _Recorder(getattr(triton_scan, name), name, launched))
+    force_plan(ScanPlan(8, 8, 2, 2, 1))
+    for dim in (8, 4):
+        inputs = make_inputs(1, dim, 19, 4)
+        leaves = [v.detach().clone().requires_grad_(True) for v in inputs.values()]
+        triton_fn(**dict(zip(NAMES, leaves, strict=False))).sum().backward()
+    assert launched == ["_segment_state_bwd_seq_kernel", "_segment_state_bwd_kernel"]
 
 
 def test_step_forward_is_used_from_8_channels(force_plan, monkeypatch):
