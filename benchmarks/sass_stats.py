@@ -41,6 +41,7 @@ FP32_BC = {
     "_selective_scan_fwd_seq_kernel",
     "_segment_state_fwd_seq_kernel",
     "_segment_state_bwd_seq_kernel",
+    "_selective_scan_bwd_seq_kernel",
 }  # kernels whose launcher converts B and C to float32 first
 CLASSES = {
     "shuffle": r"^SHFL",
@@ -152,7 +153,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="8x2048x4096", help="B x D x L (d_state 16), picks the plan's block sizes")
     p.add_argument(
-        "--kernel", choices=["fwd", "fwdseq", "seg", "segseq", "segbwd", "segbwdseq", "bwd", "both"], default="both"
+        "--kernel", choices=["fwd", "fwdseq", "seg", "segseq", "segbwd", "segbwdseq", "bwd", "bwdseq", "both"], default="both"
     )
     p.add_argument("--maxnreg", type=int, default=None, help="register cap (ptx .maxnreg)")
     p.add_argument("--dk", type=int, default=None, help="channels per program (default: the plan's)")
@@ -176,6 +177,8 @@ def main(argv=None):
         runs.append(("segbwd", ts._segment_state_bwd_kernel, seg, ts.BWD_NUM_WARPS))
     if args.kernel == "segbwdseq":
         runs.append(("segbwdseq", ts._segment_state_bwd_seq_kernel, {**common, "DK": 32, "FAST_EXP": True}, 1))
+    if args.kernel == "bwdseq":
+        runs.append(("bwdseq", ts._selective_scan_bwd_seq_kernel, {**common, "DK": 32, "FAST_EXP": True}, 1))
     if args.kernel == "fwdseq":
         runs.append(("fwdseq", ts._selective_scan_fwd_seq_kernel, {**common, "DK": 32, "FAST_EXP": True}, ts.NUM_WARPS))
     if args.kernel in ("bwd", "both"):

@@ -55,7 +55,12 @@ import torch
 import triton
 
 from .checks import compute_dtype
-from .triton_scan_bwd import _segment_state_bwd_kernel, _segment_state_bwd_seq_kernel, _selective_scan_bwd_kernel
+from .triton_scan_bwd import (
+    _segment_state_bwd_kernel,
+    _segment_state_bwd_seq_kernel,
+    _selective_scan_bwd_kernel,
+    _selective_scan_bwd_seq_kernel,
+)
 from .triton_scan_fwd import (
     _segment_state_fwd_kernel,
     _segment_state_fwd_seq_kernel,
@@ -99,6 +104,11 @@ FWD_SEG_KERNEL = "seq"
 # steps backwards one by one with a channel per lane (_segment_state_bwd_seq_kernel), "sum" sums
 # exponentials of cumulative deltas over (N, T) tiles (_segment_state_bwd_kernel).
 BWD_SEG_KERNEL = "seq"
+# The backward's main kernel: "scan" (_selective_scan_bwd_kernel: associative scans over (N, T)
+# tiles, ~3 warp-instructions per state-step on sm_90) or "seq" (_selective_scan_bwd_seq_kernel:
+# a channel per lane walking the steps, the forward's design; variable B and C only). "seq" is
+# tested for exactness (CI, interpreter) and not yet timed on a GPU, so it is not the default.
+BWD_KERNEL = "scan"
 FULL = 0.7
 SEG_WAVES = 4
 # The segment kernels (no scan, only sums: far fewer live registers) walk their segment in
@@ -483,6 +493,11 @@ def _scan_bwd(
         R = dlast.to(acc).reshape(batch, dim, 1, d_state).clone()
     else:
         R = torch.zeros(batch, dim, 1, d_state, dtype=acc, device=dev)
+    # the step-by-step backward (variable B and C): its own channel blocks, one channel per lane
+    step_dk = max(k for k in (1, 2, 4, 8, 16, 32) if math.gcd(bgd, cgd) % k == 0)
+    step = BWD_KERNEL == "seq" and T % 4 == 0 and B.dim() > 2 and C.dim() > 2 and _one_per_lane(step_dk, u.is_cuda)
+    if step:
+        DK = step_dk
     # every slice below is written exactly once (one program owns each channel and chunk)
     if B.dim() == 2:
         dB_part = torch.empty(batch, dim, n_chunks, d_state, dtype=acc, device=dev)
@@ -497,50 +512,63 @@ def _scan_bwd(
     dbias_part = torch.empty(batch, dim, n_chunks, dtype=acc, device=dev)
     # the kernel picks the initial state or E by chunk: both must be the same pointer type
     h0 = initial_state.to(acc) if initial_state is not None else E
-    _selective_scan_bwd_kernel[grid](
-        u,
-        delta,
-        A,
-        B,
-        C,
-        D if D is not None else A,
-        z if z is not None else u,
-        bias,
-        keep,
-        h0,
-        E,
-        dy,
-        R,
-        du,
-        ddelta,
-        dz if dz is not None else du,
-        y if emit_y else du,
-        dB_part,
-        dC_part,
-        dA_part,
-        dD_part,
-        dbias_part,
-        dim,
-        length,
-        d_state,
-        n_chunks,
-        cps,
-        n_seg,
-        bgd,
-        cgd,
-        bg,
-        cg,
-        DK=DK,
-        T=T,
-        NP=NP,
-        B_CONST=B.dim() == 2,
-        HAS_D=D is not None,
-        HAS_H0=initial_state is not None,
-        EMIT_Y=emit_y,
-        num_warps=BWD_NUM_WARPS,
-        **_reg_cap(BWD_MAXNREG, u, batch * (dim // DK) * n_seg, BWD_SLOTS_PER_SM),
-        **flags,
-    )
+    if step:
+        padded = n_chunks * T
+        scratch = torch.empty(batch * (dim // DK) * n_seg, T // 2, DK, NP, dtype=acc, device=dev)
+        _selective_scan_bwd_seq_kernel[(batch, dim // DK, n_seg)](
+            u, delta, A, _padded_bc(B, padded, NP, acc), _padded_bc(C, padded, NP, acc),
+            D if D is not None else A, z if z is not None else u, bias, keep, h0, E, dy, R, du, ddelta,
+            dz if dz is not None else du, y if emit_y else du, dB_part, dC_part, dA_part, dD_part, dbias_part,
+            scratch, dim, length, d_state, n_chunks, cps, n_seg, bgd, cgd, bg, cg, padded, 0,
+            DK=DK, T=T, NP=NP, HAS_D=D is not None, HAS_H0=initial_state is not None, EMIT_Y=emit_y,
+            FAST_EXP=u.is_cuda and acc == torch.float32, num_warps=NUM_WARPS,
+            **{k: v for k, v in flags.items() if k != "C_CONST"},
+        )  # fmt: skip
+    else:
+        _selective_scan_bwd_kernel[grid](
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D if D is not None else A,
+            z if z is not None else u,
+            bias,
+            keep,
+            h0,
+            E,
+            dy,
+            R,
+            du,
+            ddelta,
+            dz if dz is not None else du,
+            y if emit_y else du,
+            dB_part,
+            dC_part,
+            dA_part,
+            dD_part,
+            dbias_part,
+            dim,
+            length,
+            d_state,
+            n_chunks,
+            cps,
+            n_seg,
+            bgd,
+            cgd,
+            bg,
+            cg,
+            DK=DK,
+            T=T,
+            NP=NP,
+            B_CONST=B.dim() == 2,
+            HAS_D=D is not None,
+            HAS_H0=initial_state is not None,
+            EMIT_Y=emit_y,
+            num_warps=BWD_NUM_WARPS,
+            **_reg_cap(BWD_MAXNREG, u, batch * (dim // DK) * n_seg, BWD_SLOTS_PER_SM),
+            **flags,
+        )
     # fixed-order sums over the partial slices: the same bits on every run
     if B.dim() == 2:
         dB = dB_part.sum((0, 2))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_scan_fwd import _bc_rows, _delta, _exp2, _rows8, _scan_combine, _unzip8
+from .triton_scan_fwd import _bc_rows, _delta, _exp2, _rows8, _scan_combine, _seq_advance, _unzip8
 
 
 @triton.jit
@@ -448,3 +448,300 @@ def _selective_scan_bwd_kernel(
             tl.store(dC_base + tile_offs, dC_acc, mask=tile_mask)
         # the next chunk reads the R this one stored, maybe from other threads
         tl.debug_barrier()
+
+
+@triton.jit
+def _unzip4(x):
+    """(R, C, 4) -> its 4 slices along the last axis (in-thread: register renamings), as _unzip8."""
+    R: tl.constexpr = x.shape[0]
+    C: tl.constexpr = x.shape[1]
+    even, odd = tl.split(tl.reshape(x, [R, C, 2, 2]))  # [0, 2], [1, 3]
+    x0, x2 = tl.split(even)
+    x1, x3 = tl.split(odd)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _zip4(x0, x1, x2, x3):
+    """The inverse of _unzip4: four (R, C) tensors -> (R, C, 4)."""
+    R: tl.constexpr = x0.shape[0]
+    C: tl.constexpr = x0.shape[1]
+    return tl.reshape(tl.join(tl.join(x0, x2), tl.join(x1, x3)), [R, C, 4])
+
+
+@triton.jit
+def _row(base, t, DK: tl.constexpr, NP: tl.constexpr):
+    """Row t of a padded float32 (bc_len, NP) B or C as a (DK, NP) tile (see _bc_rows)."""
+    return tl.reshape(tl.load(base + t * NP), [DK, NP])
+
+
+@triton.jit
+def _gate(dy, zz, HAS_Z: tl.constexpr):
+    """dy times silu(z), the gradient reaching C h, and sigmoid(z) (dy when there is no z)."""
+    if HAS_Z:
+        sig = 1.0 / (1.0 + tl.exp(-zz))
+        return dy * zz * sig, sig
+    return dy, dy
+
+
+@triton.jit
+def _bwd_forward_step(h, A2, u, raw, dy, zz, Bc, Cc, keep, m, bias, Dd, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr,
+                      FAST_EXP: tl.constexpr):  # fmt: skip
+    """The backward's forward walk, one step: h advances; returns h, dy silu(z), dz, y (all but h
+    (DK, 1)) and this step's dC row, sum over the channels of dy silu(z) h (NP,)."""
+    h, _ = _seq_advance(h, A2, u, raw, Bc, keep, m, bias, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)
+    y = tl.sum(Cc * h, axis=1)[:, None]
+    if HAS_D:
+        y += Dd * u
+    dyz, sig = _gate(dy, zz, HAS_Z)
+    dz = dy
+    if HAS_Z:
+        dz = dy * y * sig * (1.0 + zz * (1.0 - sig))
+        y *= zz * sig
+    return h, dyz, dz, y, tl.sum(dyz * h, axis=0)
+
+
+@triton.jit
+def _bwd_reverse_step(gA, h_prev, A2, u, raw, dyz, Bc, Cc, keep, m, bias, Dd, dA_acc, HAS_D: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr,
+                      FAST_EXP: tl.constexpr):  # fmt: skip
+    """One step of the adjoint, backwards. gA: dA_{t+1} g_{t+1}, what the later steps send into h_t;
+    h_prev: h_{t-1}. g_t = C_t dy_t + gA; returns dA_t g_t (for step t - 1), dA_acc + dt g dA h_{t-1},
+    du_t, ddelta_t (DK, 1) and this step's dB row, sum over the channels of g dt u (NP,)."""
+    dt, pre = _delta(raw, bias, m, HAS_BIAS, SOFTPLUS)
+    dA = _exp2(dt * A2, FAST_EXP)
+    if HAS_SEQ:
+        dA *= keep
+    g = Cc * dyz + gA
+    gh = g * (dA * h_prev)
+    gB = tl.sum(g * Bc, axis=1)[:, None]
+    dA_acc += gh * dt
+    # A = A2 ln 2: the sum over states of A g dA h_{t-1}
+    ddt = tl.where(m, u * gB + tl.sum(gh * A2, axis=1)[:, None] * 0.6931471805599453, 0.0)
+    du = dt * gB
+    if HAS_D:
+        du += Dd * dyz
+    if SOFTPLUS:
+        ddt *= 1.0 / (1.0 + tl.exp(-pre))
+    return dA * g, dA_acc, du, ddt, tl.sum(g * (dt * u), axis=0)
+
+
+@triton.jit
+def _selective_scan_bwd_seq_kernel(
+    u_ptr,
+    delta_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,  # B, C: (batch, groups, bc_len, NP) float32, zero-padded (triton_scan._padded_bc)
+    D_ptr,
+    z_ptr,
+    bias_ptr,
+    keep_ptr,  # (batch, length): 0 where a packed sequence starts, else 1
+    h0_ptr,  # (batch, dim, N): initial state
+    E_ptr,  # (batch, dim, n_chunks, N): states after each chunk, from the forward
+    dy_ptr,  # (batch, dim, length)
+    R_ptr,  # (batch, dim, n_seg, N): in: gradient entering each segment's end; out: into its start
+    du_ptr,
+    ddelta_ptr,
+    dz_ptr,
+    y_ptr,  # (batch, dim, length): the forward's output, recomputed, with EMIT_Y
+    dB_ptr,
+    dC_ptr,  # (batch, groups, group_dim / DK, N, length): one slice per program's channels
+    dA_ptr,  # (batch, dim, n_chunks, N)
+    dD_ptr,
+    dbias_ptr,  # (batch, dim, n_chunks)
+    S_ptr,  # scratch (programs, T / 2, DK, NP) float32: the state entering every 2 steps of a chunk
+    dim,
+    length,
+    d_state,
+    n_chunks,
+    chunks_per_seg,
+    n_seg,
+    b_group_dim,
+    c_group_dim,
+    b_groups,
+    c_groups,
+    bc_len,
+    zero,  # 0 at run time: hides contiguity, see _selective_scan_fwd_seq_kernel
+    DK: tl.constexpr,
+    T: tl.constexpr,
+    NP: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    IS_F64: tl.constexpr,
+    FAST_EXP: tl.constexpr,
+    EMIT_Y: tl.constexpr = False,
+):
+    """_selective_scan_bwd_kernel's outputs (variable B and C only) the step-by-step way: each thread
+    owns one channel's NP states, so no associative scans and no shuffles except the sums over
+    channels of dB and dC (one per step and state). Per chunk, last first:
+
+    1. forward from the chunk's entry state (E): h_t, y_t, dz_t and dC_t, keeping the state every 2
+       steps in a scratch buffer (L1/L2-resident; each thread reads back only what it wrote);
+    2. backwards 2 steps at a time: the 2 states before them from the scratch and one step, then
+       g_t = C_t dy_t + dA_{t+1} g_{t+1} step by step, with dB_t, du_t, ddelta_t and dA.
+    The adjoint stays in registers from chunk to chunk; only the segment's start gets it (R).
+    Same maths, masks and packed-sequence rules as _selective_scan_bwd_kernel; T % 4 == 0."""
+    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
+    pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_k = tl.arange(0, DK)
+    offs_n = tl.arange(0, NP)
+    n_mask = (offs_n < d_state)[None, :]  # (1, NP)
+    n_idx = offs_n[None, :] * (zero + 1)  # (1, NP)
+    zero_k = offs_k[:, None] * zero  # (DK, 1)
+    d0 = pid_d * DK
+    d = (d0 + offs_k)[:, None]  # (DK, 1)
+    rows = (pid_b * dim + d).to(tl.int64)  # (DK, 1)
+    b_group = d0 // b_group_dim
+    c_group = d0 // c_group_dim
+    B_base = _bc_rows(B_ptr, pid_b * b_groups + b_group, bc_len, zero_k, zero, NP)
+    C_base = _bc_rows(C_ptr, pid_b * c_groups + c_group, bc_len, zero_k, zero, NP)
+    dB_base = (
+        dB_ptr
+        + ((pid_b * b_groups + b_group) * (b_group_dim // DK) + (d0 % b_group_dim) // DK).to(tl.int64)
+        * d_state
+        * length
+    )
+    dC_base = (
+        dC_ptr
+        + ((pid_b * c_groups + c_group) * (c_group_dim // DK) + (d0 % c_group_dim) // DK).to(tl.int64)
+        * d_state
+        * length
+    )
+    # a step's dB / dC row goes out as a (DK, NP) tile written by lane 0 only: the sums over channels
+    # are in every lane already, and a tile in the states' own layout needs no conversion through
+    # shared memory (an (NP,) store would)
+    rows_n = n_idx * length + zero_k  # (DK, NP)
+    lane0_n = (offs_k[:, None] == 0) & n_mask  # (DK, NP)
+    slot = ((pid_b * (dim // DK) + pid_d) * n_seg + pid_s).to(tl.int64)
+    # (DK, NP) like E's rows: no contiguous axis, so the states keep their layout on the way out and in
+    S_tile = S_ptr + (slot * (T // 2) * DK + offs_k[:, None]) * NP + n_idx
+    steps = zero_k[:, :, None] + tl.arange(0, 4)[None, None, :]  # (DK, 1, 4)
+    keep_row = keep_ptr + pid_b.to(tl.int64) * length + steps
+    u_rows = u_ptr + (rows * length)[:, :, None] + steps  # (DK, 1, 4)
+    delta_rows = delta_ptr + (rows * length)[:, :, None] + steps
+    dy_rows = dy_ptr + (rows * length)[:, :, None] + steps
+    z_rows = z_ptr + (rows * length)[:, :, None] + steps
+    c_first = pid_s * chunks_per_seg
+    c_end = tl.minimum(c_first + chunks_per_seg, n_chunks)
+    A2 = tl.load(A_ptr + d * d_state + n_idx, mask=n_mask, other=0.0).to(ACC) * 1.4426950408889634  # (DK, NP)
+    bias = tl.load(bias_ptr + d).to(ACC) if HAS_BIAS else 0.0
+    Dd = tl.load(D_ptr + d).to(ACC) if HAS_D else 0.0
+    gA = tl.load(R_ptr + (rows * n_seg + pid_s) * d_state + n_idx, mask=n_mask, other=0.0).to(ACC)
+    for j in range(0, c_end - c_first):
+        c = c_end - 1 - j
+        first = (zero_k + c) == 0  # (DK, 1)
+        h = tl.load(E_ptr + (rows * n_chunks + c - 1) * d_state + n_idx, mask=n_mask & ~first, other=0.0).to(ACC)
+        if HAS_H0:
+            h += tl.load(h0_ptr + rows * d_state + n_idx, mask=n_mask & first, other=0.0).to(ACC)
+        dD_acc = tl.zeros([DK, 1], dtype=ACC)
+        for q in range(0, T // 4):  # 1. forward
+            t0 = c * T + 4 * q
+            tl.store(S_tile + (2 * q) * DK * NP, h)
+            m = (t0 + steps) < length  # (DK, 1, 4)
+            u0, u1, u2, u3 = _unzip4(tl.load(u_rows + t0, mask=m, other=0.0).to(ACC))
+            r0, r1, r2, r3 = _unzip4(tl.load(delta_rows + t0, mask=m, other=0.0).to(ACC))
+            y0, y1, y2, y3 = _unzip4(tl.load(dy_rows + t0, mask=m, other=0.0).to(ACC))
+            z_blk = tl.load(z_rows + t0, mask=m, other=0.0).to(ACC) if HAS_Z else tl.zeros([DK, 1, 4], ACC)
+            z0, z1, z2, z3 = _unzip4(z_blk)
+            k_blk = tl.load(keep_row + t0, mask=m, other=1.0).to(ACC) if HAS_SEQ else tl.zeros([DK, 1, 4], ACC)
+            k0, k1, k2, k3 = _unzip4(k_blk)
+            m0, m1, m2, m3 = _unzip4(m)
+            h, e0, dz0, o0, dC0 = _bwd_forward_step(h, A2, u0, r0, y0, z0, _row(B_base, t0, DK, NP),
+                                                    _row(C_base, t0, DK, NP), k0, m0, bias, Dd, HAS_D, HAS_Z,
+                                                    HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)  # fmt: skip
+            h, e1, dz1, o1, dC1 = _bwd_forward_step(h, A2, u1, r1, y1, z1, _row(B_base, t0 + 1, DK, NP),
+                                                    _row(C_base, t0 + 1, DK, NP), k1, m1, bias, Dd, HAS_D, HAS_Z,
+                                                    HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)  # fmt: skip
+            tl.store(S_tile + (2 * q + 1) * DK * NP, h)
+            h, e2, dz2, o2, dC2 = _bwd_forward_step(h, A2, u2, r2, y2, z2, _row(B_base, t0 + 2, DK, NP),
+                                                    _row(C_base, t0 + 2, DK, NP), k2, m2, bias, Dd, HAS_D, HAS_Z,
+                                                    HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)  # fmt: skip
+            h, e3, dz3, o3, dC3 = _bwd_forward_step(h, A2, u3, r3, y3, z3, _row(B_base, t0 + 3, DK, NP),
+                                                    _row(C_base, t0 + 3, DK, NP), k3, m3, bias, Dd, HAS_D, HAS_Z,
+                                                    HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)  # fmt: skip
+            dD_acc += (e0 * u0 + e1 * u1) + (e2 * u2 + e3 * u3)
+            out = (rows * length)[:, :, None] + steps + t0
+            if HAS_Z:
+                tl.store(dz_ptr + out, _zip4(dz0, dz1, dz2, dz3).to(dz_ptr.dtype.element_ty), mask=m)
+            if EMIT_Y:
+                tl.store(y_ptr + out, _zip4(o0, o1, o2, o3).to(y_ptr.dtype.element_ty), mask=m)
+            tl.store(
+                dC_base + rows_n + (t0 + 0),
+                tl.broadcast_to(dC0[None, :], [DK, NP]),
+                mask=lane0_n & (zero_k + t0 + 0 < length),
+            )
+            tl.store(
+                dC_base + rows_n + (t0 + 1),
+                tl.broadcast_to(dC1[None, :], [DK, NP]),
+                mask=lane0_n & (zero_k + t0 + 1 < length),
+            )
+            tl.store(
+                dC_base + rows_n + (t0 + 2),
+                tl.broadcast_to(dC2[None, :], [DK, NP]),
+                mask=lane0_n & (zero_k + t0 + 2 < length),
+            )
+            tl.store(
+                dC_base + rows_n + (t0 + 3),
+                tl.broadcast_to(dC3[None, :], [DK, NP]),
+                mask=lane0_n & (zero_k + t0 + 3 < length),
+            )
+        dA_acc = tl.zeros([DK, NP], dtype=ACC)
+        dbias_acc = tl.zeros([DK, 1], dtype=ACC)
+        for q in range(0, T // 4):  # 2. backwards
+            qq = T // 4 - 1 - q
+            t0 = c * T + 4 * qq
+            m = (t0 + steps) < length
+            u0, u1, u2, u3 = _unzip4(tl.load(u_rows + t0, mask=m, other=0.0).to(ACC))
+            r0, r1, r2, r3 = _unzip4(tl.load(delta_rows + t0, mask=m, other=0.0).to(ACC))
+            dy_blk = tl.load(dy_rows + t0, mask=m, other=0.0).to(ACC)
+            z_blk = tl.load(z_rows + t0, mask=m, other=0.0).to(ACC) if HAS_Z else dy_blk
+            e_blk, _ = _gate(dy_blk, z_blk, HAS_Z)
+            e0, e1, e2, e3 = _unzip4(e_blk)
+            k_blk = tl.load(keep_row + t0, mask=m, other=1.0).to(ACC) if HAS_SEQ else tl.zeros([DK, 1, 4], ACC)
+            k0, k1, k2, k3 = _unzip4(k_blk)
+            m0, m1, m2, m3 = _unzip4(m)
+            # steps 3 and 2, then 1 and 0, each pair from the state stored before it (two state
+            # tiles live, not four: the backward's registers are the limit)
+            p2 = tl.load(S_tile + (2 * qq + 1) * DK * NP)
+            p3, _ = _seq_advance(p2, A2, u2, r2, _row(B_base, t0 + 2, DK, NP), k2, m2, bias, HAS_BIAS, SOFTPLUS,
+                                 HAS_SEQ, FAST_EXP)  # fmt: skip
+            gA, dA_acc, du3, dd3, dB = _bwd_reverse_step(gA, p3, A2, u3, r3, e3, _row(B_base, t0 + 3, DK, NP),
+                                                         _row(C_base, t0 + 3, DK, NP), k3, m3, bias, Dd, dA_acc,
+                                                         HAS_D, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)  # fmt: skip
+            tl.store(dB_base + rows_n + (t0 + 3), tl.broadcast_to(dB[None, :], [DK, NP]),
+                     mask=lane0_n & (zero_k + t0 + 3 < length))  # fmt: skip
+            gA, dA_acc, du2, dd2, dB = _bwd_reverse_step(gA, p2, A2, u2, r2, e2, _row(B_base, t0 + 2, DK, NP),
+                                                         _row(C_base, t0 + 2, DK, NP), k2, m2, bias, Dd, dA_acc,
+                                                         HAS_D, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)  # fmt: skip
+            tl.store(dB_base + rows_n + (t0 + 2), tl.broadcast_to(dB[None, :], [DK, NP]),
+                     mask=lane0_n & (zero_k + t0 + 2 < length))  # fmt: skip
+            p0 = tl.load(S_tile + (2 * qq) * DK * NP)
+            p1, _ = _seq_advance(p0, A2, u0, r0, _row(B_base, t0, DK, NP), k0, m0, bias, HAS_BIAS, SOFTPLUS,
+                                 HAS_SEQ, FAST_EXP)  # fmt: skip
+            gA, dA_acc, du1, dd1, dB = _bwd_reverse_step(gA, p1, A2, u1, r1, e1, _row(B_base, t0 + 1, DK, NP),
+                                                         _row(C_base, t0 + 1, DK, NP), k1, m1, bias, Dd, dA_acc,
+                                                         HAS_D, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)  # fmt: skip
+            tl.store(dB_base + rows_n + (t0 + 1), tl.broadcast_to(dB[None, :], [DK, NP]),
+                     mask=lane0_n & (zero_k + t0 + 1 < length))  # fmt: skip
+            gA, dA_acc, du0, dd0, dB = _bwd_reverse_step(gA, p0, A2, u0, r0, e0, _row(B_base, t0, DK, NP),
+                                                         _row(C_base, t0, DK, NP), k0, m0, bias, Dd, dA_acc,
+                                                         HAS_D, HAS_BIAS, SOFTPLUS, HAS_SEQ, FAST_EXP)  # fmt: skip
+            tl.store(dB_base + rows_n + t0, tl.broadcast_to(dB[None, :], [DK, NP]),
+                     mask=lane0_n & (zero_k + t0 < length))  # fmt: skip
+            dbias_acc += (dd0 + dd1) + (dd2 + dd3)
+            out = (rows * length)[:, :, None] + steps + t0
+            tl.store(du_ptr + out, _zip4(du0, du1, du2, du3).to(du_ptr.dtype.element_ty), mask=m)
+            tl.store(ddelta_ptr + out, _zip4(dd0, dd1, dd2, dd3).to(ddelta_ptr.dtype.element_ty), mask=m)
+        offs_chunk = rows * n_chunks + c  # (DK, 1)
+        tl.store(dA_ptr + offs_chunk * d_state + n_idx, dA_acc, mask=n_mask)
+        if HAS_D:
+            tl.store(dD_ptr + offs_chunk, dD_acc)
+        if HAS_BIAS:
+            tl.store(dbias_ptr + offs_chunk, dbias_acc)
+    tl.store(R_ptr + (rows * n_seg + pid_s) * d_state + n_idx, gA, mask=n_mask)

@@ -113,11 +113,13 @@ def test_triton_resets_at_chunk_and_segment_boundaries(plan, bc, monkeypatch):
 @pytest.mark.parametrize("seg_kernel", ["sum", "seq"])
 def test_triton_step_forward_resets(seg_kernel, monkeypatch):
     """The same through the step-by-step forward kernels (8 channels per program, the least they
-    take), one chunk per segment, with either kind of segment pass (forward and backward)."""
+    take), one chunk per segment: the step-by-step segment passes and backward, or the summing
+    segment passes and the scan backward."""
     triton_scan = pytest.importorskip("core.ops.triton_scan")
     monkeypatch.setattr(triton_scan, "plan_scan", lambda *args, **kwargs: triton_scan.ScanPlan(32, 8, 1, 2, 1))
     monkeypatch.setattr(triton_scan, "FWD_SEG_KERNEL", seg_kernel)
     monkeypatch.setattr(triton_scan, "BWD_SEG_KERNEL", seg_kernel)
+    monkeypatch.setattr(triton_scan, "BWD_KERNEL", "seq" if seg_kernel == "seq" else "scan")
     inp = make_scan_inputs(2, 8, 70, 4, groups=0)
     inp["delta"] = inp["delta"] - 4.0
     assert_packed_equals_separate(inp, LONG_SEGMENTS, "triton", rtol=2e-5, atol=2e-5)

@@ -190,10 +190,10 @@ def test_gradcheck_float64(force_plan):
 
 
 def test_gradcheck_float64_step_forward(force_plan, monkeypatch):
-    """The same through the step-by-step forward kernels (8 channels per program, the least they
-    take; chunks of 8, the last one partial, in two segments) and the backward reading their states."""
+    """The same through the step-by-step kernels (8 channels per program, the least they take;
+    chunks of 8, the last one partial, in two segments), forward and backward."""
     force_plan(ScanPlan(8, 8, 2, 1, 2))
-    monkeypatch.setattr(triton_scan, "FWD_SEG_KERNEL", "seq")
+    use_step_kernels(monkeypatch, "seq")
     inputs = make_inputs(1, 8, 19, 2, dtype=torch.float64)
     leaves = [v.detach().clone().requires_grad_(True) for v in inputs.values()]
 
@@ -216,29 +216,56 @@ STEP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("seg_kernel", ["sum", "seq"])
+def use_step_kernels(monkeypatch, kind: str) -> None:
+    """kind "seq": every step-by-step kernel (segment passes, the backward); "sum": the segment
+    passes summing over tiles and the backward's associative scans. The forward is "seq" in both."""
+    monkeypatch.setattr(triton_scan, "FWD_SEG_KERNEL", kind)
+    monkeypatch.setattr(triton_scan, "BWD_SEG_KERNEL", kind)
+    monkeypatch.setattr(triton_scan, "BWD_KERNEL", "seq" if kind == "seq" else "scan")
+
+
+@pytest.mark.parametrize("kind", ["sum", "seq"])
 @pytest.mark.parametrize("case", STEP_CASES, ids=lambda c: f"b{c[0]}d{c[1]}l{c[2]}n{c[3]}g{c[4]}{c[5]}")
-def test_step_forward_matches_reference(case, seg_kernel, force_plan, monkeypatch):
-    """seg_kernel: both segment passes (forward and backward) summing over tiles, or both walking
-    step by step (the backward's picks its own channel blocks: 8 or 16 here)."""
-    monkeypatch.setattr(triton_scan, "FWD_SEG_KERNEL", seg_kernel)
-    monkeypatch.setattr(triton_scan, "BWD_SEG_KERNEL", seg_kernel)
+def test_step_kernels_match_reference(case, kind, force_plan, monkeypatch):
+    """The step kernels pick their own channel blocks (8 or 16 here) where the backward's plan has
+    others; the step backward takes variable B and C only (const and mixed rows: the scan kernel)."""
+    use_step_kernels(monkeypatch, kind)
     check_against_reference(case, True, force_plan)
 
 
-def test_step_segment_backward_is_used_from_8_channels(force_plan, monkeypatch):
-    """The backward's step segment pass runs with 8 channels in a C group (interpreter), the summing
-    kernel below; both only where the backward has more than one segment."""
+@pytest.mark.parametrize("kind", ["sum", "seq"])
+def test_step_kernels_bf16_and_deterministic(kind, force_plan, monkeypatch):
+    use_step_kernels(monkeypatch, kind)
+    force_plan(ScanPlan(8, 8, 2, 2, 1))
+    inputs = make_inputs(2, 8, 29, 4, dtype=torch.bfloat16)
+    y, last, grads = run(triton_fn, inputs, True)
+    y_ref, last_ref, grads_ref = run(selective_scan_ref, inputs, True)
+    assert_close(y, y_ref, torch.bfloat16, "y")
+    for name in grads:
+        assert grads[name].dtype == inputs[name].dtype
+        assert_close(grads[name], grads_ref[name], torch.bfloat16, f"d{name}")
+    _, _, again = run(triton_fn, inputs, True)
+    for name in grads:
+        assert torch.equal(grads[name], again[name]), f"d{name} differs between two identical runs"
+
+
+def test_step_backward_kernels_are_used_from_8_channels(force_plan, monkeypatch):
+    """The hand-over rule of the backward's step kernels in the interpreter: from 8 channels in a B
+    and C group they run (the segment pass only where there is more than one segment), below that
+    the tile kernels do (on the GPU the step kernels need 32, one per lane)."""
     launched = []
     monkeypatch.setattr(triton_scan, "_check_runnable", lambda u: None)
-    for name in ("_segment_state_bwd_seq_kernel", "_segment_state_bwd_kernel"):
+    monkeypatch.setattr(triton_scan, "BWD_KERNEL", "seq")
+    names = ("_segment_state_bwd_seq_kernel", "_segment_state_bwd_kernel", "_selective_scan_bwd_seq_kernel",
+             "_selective_scan_bwd_kernel")  # fmt: skip
+    for name in names:
         monkeypatch.setattr(triton_scan, name, _Recorder(getattr(triton_scan, name), name, launched))
     force_plan(ScanPlan(8, 8, 2, 2, 1))
     for dim in (8, 4):
         inputs = make_inputs(1, dim, 19, 4)
         leaves = [v.detach().clone().requires_grad_(True) for v in inputs.values()]
         triton_fn(**dict(zip(NAMES, leaves, strict=False))).sum().backward()
-    assert launched == ["_segment_state_bwd_seq_kernel", "_segment_state_bwd_kernel"]
+    assert launched == [names[0], names[2], names[1], names[3]]
 
 
 def test_step_forward_is_used_from_8_channels(force_plan, monkeypatch):
