@@ -162,6 +162,7 @@ def main(argv=None):
         help="JSON list of core.ops.triton_scan settings to time",
     )
     parser.add_argument("--sweep-shapes", default="lm_B8_D2048_L4096,dna_B1_D512_L1M", help="shapes for --sweep")
+    parser.add_argument("--set", default="{}", help="JSON dict of core.ops.triton_scan settings to apply first")
     parser.add_argument(
         "--once",
         action="store_true",
@@ -172,6 +173,8 @@ def main(argv=None):
         raise SystemExit("benchmarks/gpu_scan.py needs a CUDA GPU")
     from core.ops import triton_scan as ts
 
+    for k, v in json.loads(args.set).items():
+        setattr(ts, k, v)
     shapes = {name: ANCHOR["scan"][name] for name in args.shapes.split(",")}
     if args.once:
         for s in shapes.values():

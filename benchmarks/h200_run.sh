@@ -30,12 +30,15 @@ stage_scan() {
 }
 
 # where the scan kernels' cycles go (issue, stalls, occupancy), at the 4096-step anchor shape: the
-# first 3 launches of the step forward and the first of the backward under Nsight Compute
+# first 3 launches of the step forward and the first of the backward under Nsight Compute, then the
+# step backward (BWD_KERNEL="seq")
 stage_ncu() {
-    ncu --clock-control none --section SpeedOfLight --section Occupancy --section SchedulerStats \
-        --section WarpStateStats --section LaunchStats -k "regex:_selective_scan_(fwd_seq|bwd)_kernel" \
-        --launch-count 4 python3 benchmarks/gpu_scan.py --once --shapes lm_B8_D2048_L4096 >"$OUT/ncu.txt" 2>&1
-    grep -E "^  _sel|Issue Slots Busy|Warp Cycles Per Issued|Achieved Occupancy|Registers Per|No Eligible|Stall" "$OUT/ncu.txt" | head -n 60
+    local ncu="ncu --clock-control none --section SpeedOfLight --section Occupancy --section SchedulerStats
+        --section WarpStateStats --section LaunchStats"
+    local run="python3 benchmarks/gpu_scan.py --once --shapes lm_B8_D2048_L4096"
+    $ncu -k "regex:_selective_scan_(fwd_seq|bwd)_kernel" --launch-count 4 $run >"$OUT/ncu.txt" 2>&1
+    $ncu -k "regex:_selective_scan_bwd_seq_kernel" --launch-count 1 $run --set '{"BWD_KERNEL": "seq"}' >>"$OUT/ncu.txt" 2>&1
+    grep -E "^  _sel|Issue Slots Busy|Warp Cycles Per Issued|Achieved Occupancy|Registers Per|No Eligible" "$OUT/ncu.txt"
 }
 
 stage_lm() {

@@ -152,9 +152,8 @@ def stats(
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="8x2048x4096", help="B x D x L (d_state 16), picks the plan's block sizes")
-    p.add_argument(
-        "--kernel", choices=["fwd", "fwdseq", "seg", "segseq", "segbwd", "segbwdseq", "bwd", "bwdseq", "both"], default="both"
-    )
+    kernels = ["fwd", "fwdseq", "seg", "segseq", "segbwd", "segbwdseq", "bwd", "bwdseq", "both"]
+    p.add_argument("--kernel", choices=kernels, default="both")
     p.add_argument("--maxnreg", type=int, default=None, help="register cap (ptx .maxnreg)")
     p.add_argument("--dk", type=int, default=None, help="channels per program (default: the plan's)")
     p.add_argument("--warps", type=int, default=None, help="warps per program (default: the module's)")

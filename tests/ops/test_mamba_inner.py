@@ -49,6 +49,15 @@ def test_fused_inner_equals_separate_ops(packed, bf16, options):
         torch.testing.assert_close(grads[name], grads_ref[name], **tol, msg=lambda m, n=name: f"d{n}: {m}")
 
 
+def test_fused_inner_through_the_step_backward(monkeypatch):
+    """The same with the step-by-step backward kernel, whose recomputed y (emit_y) feeds out_proj's
+    weight gradient: packed sequences, float32."""
+    from core.ops import triton_scan
+
+    monkeypatch.setattr(triton_scan, "BWD_KERNEL", "seq")
+    test_fused_inner_equals_separate_ops(True, False, {})
+
+
 def test_fused_inner_keeps_less_for_backward():
     """Three (B, E, L) activations fewer: u and delta are recomputed, y comes out of the scan's backward."""
     torch.manual_seed(0)
