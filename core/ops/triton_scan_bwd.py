@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_scan_fwd import _bc_rows, _delta, _exp2, _rows8, _scan_combine, _seq_advance, _unzip8
+from .triton_scan_fwd import _bc_rows, _delta, _exp2, _lanes, _rows8, _scan_combine, _seq_advance, _unzip8
 
 
 @triton.jit
@@ -175,14 +175,7 @@ def _segment_state_bwd_seq_kernel(
     rules and T % 8 == 0 as the forward step kernels."""
     ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
     pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_k = tl.arange(0, DK)
-    offs_n = tl.arange(0, NP)
-    n_mask = (offs_n < d_state)[None, :]  # (1, NP)
-    n_idx = offs_n[None, :] * (zero + 1)  # (1, NP)
-    zero_k = offs_k[:, None] * zero  # (DK, 1)
-    d0 = pid_d * DK
-    d = (d0 + offs_k)[:, None]  # (DK, 1)
-    rows = (pid_b * dim + d).to(tl.int64)  # (DK, 1)
+    offs_k, offs_n, n_mask, n_idx, zero_k, d0, d, rows = _lanes(pid_b, pid_d, dim, d_state, zero, DK, NP)
     C_base = _bc_rows(C_ptr, pid_b * c_groups + d0 // c_group_dim, bc_len, zero_k, zero, NP)
     steps = zero_k[:, :, None] + tl.arange(0, 8)[None, None, :]  # (DK, 1, 8)
     keep_row = keep_ptr + pid_b.to(tl.int64) * length + steps
@@ -589,14 +582,7 @@ def _selective_scan_bwd_seq_kernel(
     Same maths, masks and packed-sequence rules as _selective_scan_bwd_kernel; T % 4 == 0."""
     ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
     pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_k = tl.arange(0, DK)
-    offs_n = tl.arange(0, NP)
-    n_mask = (offs_n < d_state)[None, :]  # (1, NP)
-    n_idx = offs_n[None, :] * (zero + 1)  # (1, NP)
-    zero_k = offs_k[:, None] * zero  # (DK, 1)
-    d0 = pid_d * DK
-    d = (d0 + offs_k)[:, None]  # (DK, 1)
-    rows = (pid_b * dim + d).to(tl.int64)  # (DK, 1)
+    offs_k, offs_n, n_mask, n_idx, zero_k, d0, d, rows = _lanes(pid_b, pid_d, dim, d_state, zero, DK, NP)
     b_group = d0 // b_group_dim
     c_group = d0 // c_group_dim
     B_base = _bc_rows(B_ptr, pid_b * b_groups + b_group, bc_len, zero_k, zero, NP)

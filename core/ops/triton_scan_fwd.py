@@ -357,6 +357,22 @@ def _zip8(x0, x1, x2, x3, x4, x5, x6, x7):
 
 
 @triton.jit
+def _lanes(pid_b, pid_d, dim, d_state, zero, DK: tl.constexpr, NP: tl.constexpr):
+    """The index tiles of the one-channel-per-lane kernels: offs_k (DK,), offs_n (NP,), n_mask and
+    n_idx (1, NP), zero_k (DK, 1), the first channel d0, channels d and rows (batch * dim + d) (DK, 1).
+    The state offsets are multiplied by `zero + 1` and zero_k is 0 at run time, so no axis but the
+    ones a kernel chooses looks contiguous to Triton (see _selective_scan_fwd_seq_kernel)."""
+    offs_k = tl.arange(0, DK)
+    offs_n = tl.arange(0, NP)
+    n_mask = (offs_n < d_state)[None, :]
+    n_idx = offs_n[None, :] * (zero + 1)
+    zero_k = offs_k[:, None] * zero
+    d0 = pid_d * DK
+    d = (d0 + offs_k)[:, None]
+    return offs_k, offs_n, n_mask, n_idx, zero_k, d0, d, (pid_b * dim + d).to(tl.int64)
+
+
+@triton.jit
 def _bc_rows(ptr, group_row, bc_len, zero_k, zero, NP: tl.constexpr):
     """(DK, NP // 4, 4) pointers to row 0 of one (batch, group)'s padded float32 (bc_len, NP) B or C:
     4 contiguous states (one 16-byte load) in groups whose stride hides behind `zero + 1`, so those 4
@@ -472,15 +488,8 @@ def _selective_scan_fwd_seq_kernel(
     Same arguments and outputs as _selective_scan_fwd_kernel; T must be a multiple of 8."""
     ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
     pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_k = tl.arange(0, DK)
-    offs_n = tl.arange(0, NP)
+    offs_k, offs_n, n_mask, n_idx, zero_k, d0, d, rows = _lanes(pid_b, pid_d, dim, d_state, zero, DK, NP)
     offs_s = tl.arange(0, 8)
-    n_mask = (offs_n < d_state)[None, :]  # (1, NP)
-    n_idx = offs_n[None, :] * (zero + 1)  # (1, NP)
-    zero_k = offs_k[:, None] * zero  # (DK, 1)
-    d0 = pid_d * DK
-    d = (d0 + offs_k)[:, None]  # (DK, 1)
-    rows = (pid_b * dim + d).to(tl.int64)  # (DK, 1)
     B_base = _bc_rows(B_ptr, pid_b * b_groups + d0 // b_group_dim, bc_len, zero_k, zero, NP)
     C_base = _bc_rows(C_ptr, pid_b * c_groups + d0 // c_group_dim, bc_len, zero_k, zero, NP)
     steps = zero_k[:, :, None] + offs_s[None, None, :]  # (DK, 1, 8)
@@ -585,14 +594,7 @@ def _segment_state_fwd_seq_kernel(
     and P = exp(A * sum of delta) (0 if the segment holds a reset). Same layout rules as there."""
     ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
     pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_k = tl.arange(0, DK)
-    offs_n = tl.arange(0, NP)
-    n_mask = (offs_n < d_state)[None, :]  # (1, NP)
-    n_idx = offs_n[None, :] * (zero + 1)  # (1, NP)
-    zero_k = offs_k[:, None] * zero  # (DK, 1)
-    d0 = pid_d * DK
-    d = (d0 + offs_k)[:, None]  # (DK, 1)
-    rows = (pid_b * dim + d).to(tl.int64)  # (DK, 1)
+    offs_k, offs_n, n_mask, n_idx, zero_k, d0, d, rows = _lanes(pid_b, pid_d, dim, d_state, zero, DK, NP)
     B_base = _bc_rows(B_ptr, pid_b * b_groups + d0 // b_group_dim, bc_len, zero_k, zero, NP)
     steps = zero_k[:, :, None] + tl.arange(0, 8)[None, None, :]  # (DK, 1, 8)
     keep_row = keep_ptr + pid_b.to(tl.int64) * length + steps
