@@ -43,6 +43,25 @@ def test_copying_positions_vary_and_the_generator_is_seeded():
     assert len(set(first_positions.tolist())) > 3
 
 
+def test_copying_positions_are_those_of_the_smallest_keys():
+    # the positions are the n smallest of `length` uniform keys per row (a uniform n-subset): the same
+    # data as the earlier full argsort of the keys, so the CPU study's runs keep their batches
+    g = torch.Generator().manual_seed(5)
+    ids, _ = selective_copying_batch(16, 300, 7, 12, g)
+    g = torch.Generator().manual_seed(5)
+    data = torch.randint(1, 11, (16, 7), generator=g)
+    expected = torch.rand(16, 300, generator=g).argsort(dim=1)[:, :7].sort(dim=1).values
+    context = ids[:, :300]
+    assert torch.equal((context != 0).nonzero()[:, 1].view(16, 7), expected)
+    assert torch.equal(context[context != 0].view(16, 7), data)
+
+
+def test_copying_positions_are_uniform_over_the_context():
+    ids, _ = selective_copying_batch(4000, 32, 4, 8, torch.Generator().manual_seed(0))
+    counts = (ids[:, :32] != 0).sum(0).float()  # 500 expected at each position, std ~21
+    assert (counts - 500).abs().max() < 100
+
+
 def test_induction_answer_follows_the_first_trigger():
     ids, targets = induction_batch(32, length=30, vocab=8, generator=torch.Generator().manual_seed(1))
     for row_ids, row_targets in zip(ids, targets):
