@@ -104,10 +104,23 @@ def _to_device(tensors, device: torch.device) -> tuple[torch.Tensor, ...]:
     return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)
 
 
-def _forward(model: MambaLM, ids: torch.Tensor, bf16: bool | None = None) -> torch.Tensor:
-    """Logits under bf16 autocast (None: on CUDA only, as in training); the scan's maths is float32 either way."""
+def _forward(model: MambaLM, ids: torch.Tensor, bf16: bool | None = None, cache=None) -> torch.Tensor:
+    """Logits under bf16 autocast (None: on CUDA only, as in training); the scan's maths is float32 either way.
+    With `cache`, the sequences start from its states and leave their final states in it."""
     with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=ids.is_cuda if bf16 is None else bf16):
-        return model(ids)
+        return model(ids, cache=cache)
+
+
+def passed_state(model: MambaLM, cache, batch: int):
+    """State passing (Buitrago Ruiz & Gu, arXiv 2507.02782): each training sequence starts from the
+    final recurrent state (conv and SSM) that another sequence, row i of the previous batch, ended in,
+    detached, so that training sees states older than the training length. Zero states at first."""
+    if cache is None or cache.layers[0].ssm_state.shape[0] != batch:
+        return model.new_cache(batch)
+    for layer in cache.layers:
+        layer.conv_state, layer.ssm_state = layer.conv_state.detach(), layer.ssm_state.detach()
+    cache.seqlen_offset = 0
+    return cache
 
 
 def _make_task(args):
@@ -134,11 +147,13 @@ def train(args) -> dict:
     optimizer = torch.optim.AdamW(optimizer_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98))
     data_gen = torch.Generator().manual_seed(args.seed)
     bf16_eval = {"auto": None, "bf16": True, "fp32": False}[args.eval_precision]
-    losses, curve, tokens, start = [], [], 0, time.time()
+    losses, curve, tokens, start, cache = [], [], 0, time.time(), None
     for step in range(args.steps):
         ids, targets = _to_device(make(args.batch, data_gen, length=train_length(args, step)), device)
         tokens += ids.numel()
-        logits = _forward(model, ids)
+        if args.state_passing:
+            cache = passed_state(model, cache, ids.shape[0])
+        logits = _forward(model, ids, cache=cache)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,6 +187,7 @@ def train(args) -> dict:
               "train_seconds": round(seconds, 1), "train_tokens_per_s": round(tokens / seconds),
               "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:]),
               "monitor_curve": curve, "curriculum_start": args.curriculum_start or None,
+              "lr_schedule": args.lr_schedule, "state_passing": args.state_passing,
               "init": args.init}  # fmt: skip
     if args.out:  # the trained model, to evaluate again or continue (--init)
         model.save_pretrained(Path(args.out) / "model")
@@ -195,10 +211,13 @@ def train(args) -> dict:
 def lr_factor(args, step: int, elapsed: float) -> float:
     """Linear warm-up over args.warmup steps, then a cosine to 0 at the end of the run: after args.steps
     steps, or after args.time_budget seconds when that comes first, so a run the budget stops still anneals."""
+    warmup = min(1.0, (step + 1) / args.warmup)
+    if args.lr_schedule == "constant":  # the paper's (app. E.1): a constant rate after the warm-up
+        return warmup
     progress = step / args.steps
     if args.time_budget:
         progress = max(progress, elapsed / args.time_budget)
-    return min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return warmup * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def init_dt_bias(model: MambaLM, dt_min: float, dt_max: float) -> None:
@@ -260,6 +279,8 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"],
+                   help="after the linear warm-up: a cosine to 0 at the end of the run, or constant")  # fmt: skip
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay on weight matrices only")
     p.add_argument("--eval-size", type=int, default=512, help="sequences in each fixed evaluation set")
     p.add_argument("--eval-every", type=int, default=0, help="steps between monitor evaluations (0: none)")
@@ -276,6 +297,8 @@ def parse_args(argv=None):
     p.add_argument("--curriculum-steps", type=int, default=500, help="steps between doublings of the length")
     p.add_argument("--dt-min", type=float, default=0, help="redraw the dt bias: softplus(bias) from here (1e-3)")
     p.add_argument("--dt-max", type=float, default=0, help="... to here (1e-1), log-uniform; not with --init")
+    p.add_argument("--state-passing", action="store_true",
+                   help="each training sequence starts from a previous one's final state (2507.02782)")  # fmt: skip
     p.add_argument("--init", default=None, help="start from a model folder this script saved (<out>/model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
