@@ -15,6 +15,7 @@ from pipelines.synthetic import (
     lr_factor,
     main,
     parse_args,
+    passed_state,
     selective_copying_batch,
     train_length,
 )
@@ -41,6 +42,25 @@ def test_copying_positions_vary_and_the_generator_is_seeded():
     assert torch.equal(a, b)
     first_positions = (a[:, :40] != 0).float().argmax(1)
     assert len(set(first_positions.tolist())) > 3
+
+
+def test_copying_positions_are_those_of_the_smallest_keys():
+    # the positions are the n smallest of `length` uniform keys per row (a uniform n-subset): the same
+    # data as the earlier full argsort of the keys, so the CPU study's runs keep their batches
+    g = torch.Generator().manual_seed(5)
+    ids, _ = selective_copying_batch(16, 300, 7, 12, g)
+    g = torch.Generator().manual_seed(5)
+    data = torch.randint(1, 11, (16, 7), generator=g)
+    expected = torch.rand(16, 300, generator=g).argsort(dim=1)[:, :7].sort(dim=1).values
+    context = ids[:, :300]
+    assert torch.equal((context != 0).nonzero()[:, 1].view(16, 7), expected)
+    assert torch.equal(context[context != 0].view(16, 7), data)
+
+
+def test_copying_positions_are_uniform_over_the_context():
+    ids, _ = selective_copying_batch(4000, 32, 4, 8, torch.Generator().manual_seed(0))
+    counts = (ids[:, :32] != 0).sum(0).float()  # 500 expected at each position, std ~21
+    assert (counts - 500).abs().max() < 100
 
 
 def test_induction_answer_follows_the_first_trigger():
@@ -116,6 +136,35 @@ def test_cosine_ends_at_the_time_budget_when_that_comes_first():
     no_budget = parse_args(["copying", "--steps", "1000", "--warmup", "10"])
     assert lr_factor(no_budget, 4, 1e9) == pytest.approx(0.5, abs=1e-3)  # warm-up; time plays no part
     assert lr_factor(no_budget, 1000, 0.0) == 0.0
+
+
+def test_constant_schedule_holds_the_rate_after_the_warmup():
+    args = parse_args(["induction", "--steps", "1000", "--warmup", "10", "--lr-schedule", "constant",
+                       "--time-budget", "100"])  # fmt: skip
+    assert lr_factor(args, 4, 0.0) == pytest.approx(0.5)
+    assert lr_factor(args, 9, 0.0) == lr_factor(args, 999, 1e9) == 1.0
+
+
+def test_state_passing_continues_from_the_previous_batch_final_state():
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=8))
+    first, second = torch.randint(0, 8, (3, 12)), torch.randint(0, 8, (3, 9))
+    cache = passed_state(model, None, 3)  # zero states at first: the same as no cache
+    assert torch.allclose(_forward(model, first, cache=cache), model(first), atol=1e-5)
+    cache = passed_state(model, cache, 3)
+    assert all(not layer.ssm_state.requires_grad for layer in cache.layers)  # detached
+    # the second batch runs on as if each row were the continuation of the first batch's row
+    continued = _forward(model, second, cache=cache)
+    assert torch.allclose(continued, model(torch.cat([first, second], 1))[:, 12:], atol=1e-4)
+    assert passed_state(model, cache, 5).layers[0].ssm_state.abs().sum() == 0  # new batch size: zeros
+
+
+def test_tiny_induction_run_with_state_passing_learns(tmp_path):
+    result = main(["induction", "--length", "16", "--vocab", "6", "--d-model", "16", "--steps", "30",
+                   "--batch", "16", "--eval-size", "16", "--eval-lengths", "16", "--device", "cpu",
+                   "--state-passing", "--lr-schedule", "constant", "--weight-decay", "0"])  # fmt: skip
+    assert result["state_passing"] and result["lr_schedule"] == "constant"
+    assert result["final_loss"] < result["first_loss"]
 
 
 def test_copying_reports_accuracy_at_each_test_length():
