@@ -68,11 +68,11 @@ stage_audio() {
 # from 32 (copying 500 steps per doubling to 4096, induction 100 to 256); copying's cosine ends at the
 # time budget; induction trains as the paper does (app. E.1: Adam without weight decay, a constant
 # rate) for the 1,000 steps tested on CPU (2,000 generalised worse), three seeds at batch 64 and 256,
-# evaluated from 2^6 to 2^20 in float32. Four jobs on 16 cores: 4 CPU threads each, not torch's
-# default of one per core each.
+# evaluated from 2^6 to 2^20 in float32. Eight jobs at once on 16 cores: 2 CPU threads each, not
+# torch's default of one per core each.
 stage_synthetic() {
     local budget=${SYN_BUDGET:-400}
-    local -x OMP_NUM_THREADS=4
+    local -x OMP_NUM_THREADS=2
     mkdir -p /tmp/syn
     local C="--length 4096 --curriculum-start 32 --curriculum-steps 500 --batch 64 --lr 5e-3 --warmup 100 --steps 20000
         --time-budget $budget --eval-every 250 --monitor-size 256 --target-accuracy 0.995 --eval-size 1024
@@ -84,9 +84,10 @@ stage_synthetic() {
             >/tmp/syn/copy_$mixer.json 2>/tmp/syn/copy_$mixer.log &
     done
     for batch in 64 256; do
-        (for seed in 0 1 2; do
-            python3 -m pipelines.synthetic induction --seed $seed --batch $batch $I --out /tmp/syn/ind_b${batch}_s$seed
-        done >/tmp/syn/ind_b$batch.json 2>/tmp/syn/ind_b$batch.log) &
+        for seed in 0 1 2; do
+            python3 -m pipelines.synthetic induction --seed $seed --batch $batch $I --out /tmp/syn/ind_b${batch}_s$seed \
+                >/tmp/syn/ind_b${batch}_s$seed.json 2>/tmp/syn/ind_b${batch}_s$seed.log &
+        done
     done
     wait
     cat /tmp/syn/*.json >"$OUT/synthetic.jsonl"
