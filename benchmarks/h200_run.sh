@@ -63,7 +63,7 @@ stage_audio() {
     cat "$res"
 }
 
-# issue 6: four jobs share the GPU (each is launch-bound at d_model 64); accuracy, not speed, is measured.
+# issue 6: eight jobs share the GPU (each is launch-bound at d_model 64); accuracy, not speed, is measured.
 # The recipe from the CPU study (benchmarks/results/README.md, sessions 3 and 4): a length curriculum
 # from 32 (copying 500 steps per doubling to 4096, induction 100 to 256); copying's cosine ends at the
 # time budget; induction trains as the paper does (app. E.1: Adam without weight decay, a constant
