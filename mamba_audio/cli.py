@@ -244,7 +244,8 @@ def pretrain(args) -> dict:
     from mamba_audio.datasets import split_method, unigram_entropy_bits
     from mamba_audio.generation import bits_per_sample
     from pipelines import common
-    from pipelines.audio import AudioDataModule, AudioLM, Throughput
+    from pipelines.audio import AudioDataModule, AudioLM, target_samples
+    from pipelines.throughput import Throughput
 
     start = time.perf_counter()
     device = common.resolve_device(args.device)
@@ -299,7 +300,7 @@ def pretrain(args) -> dict:
         with common.atomic_path(out / "config.json") as tmp:  # lets bpb/generate read last.ckpt
             tmp.write_text(json.dumps(payload, indent=2) + "\n")
         common.save_run_config(vars(args) | {"data": str(data_dir), "sample_rate": rate, "device": device}, out)
-    meter = Throughput(warmup_steps=min(5, args.max_steps - 1))
+    meter = Throughput(target_samples, warmup_steps=min(5, args.max_steps - 1))
     trainer = common.trainer_from_args(
         args, out, device, checkpoint_every=args.checkpoint_every or max(50, args.max_steps // 4), callbacks=[meter]
     )

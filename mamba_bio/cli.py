@@ -186,6 +186,7 @@ def cmd_pretrain(args) -> dict:
     )
     from pipelines.genome_data import GenomeDataModule
     from pipelines.lm import LMModule
+    from pipelines.throughput import Throughput
 
     from .tokenizer import VOCAB_SIZE
 
@@ -218,7 +219,9 @@ def cmd_pretrain(args) -> dict:
         seq_warmup_steps=args.seq_warmup_steps,
     )
     out = Path(args.out)
-    trainer = trainer_from_args(args, out, device)
+    # windows (B, L), or packed rows [ids, seq_idx]: every position is a token of the step
+    meter = Throughput(lambda b: (b if isinstance(b, torch.Tensor) else b[0]).numel(), min(5, args.max_steps - 1))
+    trainer = trainer_from_args(args, out, device, callbacks=[meter])
     if is_global_zero():  # one writer; the other ranks run the same command line
         save_run_config(
             {
@@ -248,7 +251,9 @@ def cmd_pretrain(args) -> dict:
         "train_windows": len(data.train_set),
         "val_windows": len(data.val_set),
         "seconds": round(seconds, 1),
-        "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
+        "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),  # of the whole fit, setup and validation included
+        # training steps only, after 5 warm-up steps, all ranks
+        "train_tokens_per_s": None if meter.tokens_per_s is None else round(meter.tokens_per_s * trainer.world_size, 1),
         "device": device,
         **(data.packing_stats or {}),  # with --pack: padding_fraction packed and unpacked
     }

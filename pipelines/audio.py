@@ -10,7 +10,6 @@ and `AudioDataModule` (an audio folder split by file into mu-law windows).
 from __future__ import annotations
 
 import math
-import time
 
 import lightning.pytorch as pl
 import torch
@@ -214,29 +213,6 @@ class AudioDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
-class Throughput(pl.Callback):
-    """Training samples (tokens) per second, timed after `warmup_steps` steps (kernel builds, autotuning)."""
-
-    def __init__(self, warmup_steps: int = 5):
-        self.warmup_steps = warmup_steps
-        self.tokens, self.start, self.elapsed_s = 0, None, 0.0
-
-    def _sync(self, trainer):
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize(trainer.strategy.root_device)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step >= self.warmup_steps:
-            self._sync(trainer)
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.start is not None:
-            self._sync(trainer)
-            self.elapsed_s += time.perf_counter() - self.start
-            self.tokens += int((batch[1] != IGNORE_INDEX).sum())  # real samples, not packing padding
-            self.start = None
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        return self.tokens / self.elapsed_s if self.elapsed_s > 0 else None
+def target_samples(batch) -> int:
+    """Samples a training batch scores: its targets, less the padding of packed rows."""
+    return int((batch[1] != IGNORE_INDEX).sum())

@@ -36,6 +36,7 @@ def test_pretrain_then_resume_then_embed(bio_data, tmp_path, capsys):
     assert main(["pretrain", "--fasta", fasta, "--max-steps", "3", "--out", str(out), *TINY]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["steps"] == 3 and math.isfinite(result["val_ppl"]) and result["val_ppl"] > 1
+    assert result["train_tokens_per_s"] > 0  # step 2, timed after the warm-up (min(5, steps - 1))
     for name in ("last.ckpt", "model.safetensors", "config.json", "metrics.csv", "metrics.png", "run_config.yaml"):
         assert (out / name).is_file(), name
 

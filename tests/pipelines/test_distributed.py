@@ -41,6 +41,7 @@ def test_two_process_ddp_pretrain(tmp_path):
     result = json.loads(lines[0])
     assert result["world_size"] == 2 and result["steps"] == 4
     assert result["val_ppl"] is not None and 1.0 < result["val_ppl"] < 20.0
+    assert result["train_tokens_per_s"] > 0
     checkpoint = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 4
     assert not list(out.glob(".last.ckpt.*.tmp"))  # every save was renamed into place
