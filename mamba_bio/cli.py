@@ -16,6 +16,7 @@ and one line on stderr; the output folder is not left half-written.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import asdict
@@ -219,8 +220,13 @@ def cmd_pretrain(args) -> dict:
         seq_warmup_steps=args.seq_warmup_steps,
     )
     out = Path(args.out)
-    # windows (B, L), or packed rows [ids, seq_idx]: every position is a token of the step
-    meter = Throughput(lambda b: (b if isinstance(b, torch.Tensor) else b[0]).numel(), min(5, args.max_steps - 1))
+    # windows (B, L), or packed rows [ids, seq_idx]: every position is a token of the step. The
+    # warm-up covers the first epoch: its last, smaller batch builds kernels for a shape of its own
+    ranks = args.devices * args.num_nodes
+    epoch_steps = math.ceil(math.ceil(len(data.train_set) / ranks) / args.batch_size)
+    meter = Throughput(
+        lambda b: (b if isinstance(b, torch.Tensor) else b[0]).numel(), min(max(5, epoch_steps + 1), args.max_steps - 1)
+    )
     trainer = trainer_from_args(args, out, device, callbacks=[meter])
     if is_global_zero():  # one writer; the other ranks run the same command line
         save_run_config(
@@ -252,7 +258,7 @@ def cmd_pretrain(args) -> dict:
         "val_windows": len(data.val_set),
         "seconds": round(seconds, 1),
         "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),  # of the whole fit, setup and validation included
-        # training steps only, after 5 warm-up steps, all ranks
+        # training steps only, after the first epoch (at least 5 steps), all ranks
         "train_tokens_per_s": None if meter.tokens_per_s is None else round(meter.tokens_per_s * trainer.world_size, 1),
         "device": device,
         **(data.packing_stats or {}),  # with --pack: padding_fraction packed and unpacked
