@@ -249,6 +249,15 @@ def _one_per_lane(channels: int, on_gpu: bool) -> bool:
     return channels == 32 * NUM_WARPS if on_gpu else channels >= 8
 
 
+def _seq_segments_ok(packed: bool, u: torch.Tensor) -> bool:
+    """Whether the step-by-step segment passes may run. Not for packed sequences on the GPU: with
+    both on, tests/gpu/test_packed_cuda.py failed at 2 x 64 x 4096 on an H200 (session 4; the
+    interpreter computes those cases right, and 2^16 + 3 steps passed). Their `alive` flag was a
+    tl.min over the in-thread 8-step axis, now a product; until a GPU run passes with them, packed
+    rows take the summing segment kernels there, which passed it."""
+    return not (packed and u.is_cuda)
+
+
 def _padded_bc(M: torch.Tensor, padded_length: int, NP: int, acc: torch.dtype) -> torch.Tensor:
     """B or C for the step-by-step forward: a constant (dim, N) matrix as it is; otherwise a float32
     (batch, groups, padded_length, NP) copy, zero past the end, so the kernel loads a step's row
@@ -308,7 +317,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         P = torch.empty(batch, dim, n_seg, d_state, dtype=acc, device=u.device)
         S = torch.empty_like(P)
         f = SEG_COARSEN if cps % SEG_COARSEN == 0 else 1
-        if step and FWD_SEG_KERNEL == "seq":
+        if step and FWD_SEG_KERNEL == "seq" and _seq_segments_ok(flags["HAS_SEQ"], u):
             _segment_state_fwd_seq_kernel[grid](
                 u, delta, A, Bk, bias, keep, P, S, dim, length, d_state, n_chunks, cps, n_seg, bgd, bg,
                 n_chunks * T, 0, DK=DK, T=T, NP=NP, FAST_EXP=fast_exp, num_warps=NUM_WARPS, **flags,
@@ -441,7 +450,8 @@ def _scan_bwd(
         f = SEG_COARSEN if cps % SEG_COARSEN == 0 else 1
         # its own channel blocks (a lane per channel, inside one C group): P and Q do not depend on them
         seq_dk = max(k for k in (1, 2, 4, 8, 16, 32) if cgd % k == 0)
-        if BWD_SEG_KERNEL == "seq" and T % 8 == 0 and _one_per_lane(seq_dk, u.is_cuda):
+        seq_ok = T % 8 == 0 and _one_per_lane(seq_dk, u.is_cuda) and _seq_segments_ok(flags["HAS_SEQ"], u)
+        if BWD_SEG_KERNEL == "seq" and seq_ok:
             _segment_state_bwd_seq_kernel[(batch, dim // seq_dk, n_seg)](
                 delta, A, _padded_bc(C, n_chunks * T, NP, acc), z if z is not None else u, bias, keep, dy, P, Q,
                 dim, length, d_state, n_chunks, cps, n_seg, cgd, cg, n_chunks * T, 0,

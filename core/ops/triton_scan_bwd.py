@@ -202,9 +202,9 @@ def _segment_state_bwd_seq_kernel(
             dyz *= zz / (1.0 + tl.exp(-zz))  # the gradient reaching C h: dy times silu(z)
         y0, y1, y2, y3, y4, y5, y6, y7 = _unzip8(dyz)
         k_blk = tl.load(keep_row + t0, mask=m, other=1.0).to(ACC) if HAS_SEQ else tl.zeros([DK, 1, 8], ACC)
-        if HAS_SEQ:
-            alive *= tl.reshape(tl.min(k_blk, axis=2), [DK, 1])
         k0, k1, k2, k3, k4, k5, k6, k7 = _unzip8(k_blk)
+        if HAS_SEQ:  # keep is 0 or 1: the product is the minimum, without a reduction op
+            alive *= ((k0 * k1) * (k2 * k3)) * ((k4 * k5) * (k6 * k7))
         m0, m1, m2, m3, m4, m5, m6, m7 = _unzip8(m)
         if not C_CONST:
             C0, C1, C2, C3, C4, C5, C6, C7 = _rows8(C_base, t0, DK, NP)

@@ -615,9 +615,9 @@ def _segment_state_fwd_seq_kernel(
         u0, u1, u2, u3, u4, u5, u6, u7 = _unzip8(tl.load(u_rows + t0, mask=m, other=0.0).to(ACC))
         r0, r1, r2, r3, r4, r5, r6, r7 = _unzip8(tl.load(delta_rows + t0, mask=m, other=0.0).to(ACC))
         k_blk = tl.load(keep_row + t0, mask=m, other=1.0).to(ACC) if HAS_SEQ else tl.zeros([DK, 1, 8], ACC)
-        if HAS_SEQ:
-            alive *= tl.reshape(tl.min(k_blk, axis=2), [DK, 1])
         k0, k1, k2, k3, k4, k5, k6, k7 = _unzip8(k_blk)
+        if HAS_SEQ:  # keep is 0 or 1: the product is the minimum, without a reduction op
+            alive *= ((k0 * k1) * (k2 * k3)) * ((k4 * k5) * (k6 * k7))
         m0, m1, m2, m3, m4, m5, m6, m7 = _unzip8(m)
         if not B_CONST:
             B0, B1, B2, B3, B4, B5, B6, B7 = _rows8(B_base, t0, DK, NP)

@@ -165,3 +165,15 @@ def test_cpu_packed_gradcheck_float64():
 def test_bad_seq_idx(bad, match):
     with pytest.raises(ValueError, match=match):
         selective_scan(**make_scan_inputs(3, 4, 13, 8), seq_idx=bad, backend="cpu")
+
+
+def test_step_segment_passes_skip_packed_rows_on_the_gpu():
+    """The routing rule: the step-by-step segment passes run for packed sequences in the interpreter
+    (tested above) but not on a GPU, where they failed the packed test (tests/gpu/test_packed_cuda.py)."""
+    from types import SimpleNamespace
+
+    triton_scan = pytest.importorskip("core.ops.triton_scan")
+    on_gpu, on_cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    assert not triton_scan._seq_segments_ok(True, on_gpu)
+    assert triton_scan._seq_segments_ok(False, on_gpu)
+    assert triton_scan._seq_segments_ok(True, on_cpu) and triton_scan._seq_segments_ok(False, on_cpu)
