@@ -188,7 +188,7 @@ class Mamba(nn.Module):
                 self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight, self.out_proj.bias, self.dt_rank,
                 self.d_state, seq_idx, None if seq_idx is None else (lambda t: self._conv(t, None, seq_idx)),
             )  # fmt: skip
-            return out.transpose(1, 2)  # (B L D)
+            return out  # (B L D)
         x = self._conv_act(x, cache, seq_idx)
         dt, B, C = _channel_major(self.x_proj.weight, x).split([self.dt_rank, self.d_state, self.d_state], dim=1)
         delta = _channel_major(self.dt_proj.weight, dt)  # (B E L); the bias goes to the scan (delta_bias)

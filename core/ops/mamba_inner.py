@@ -52,8 +52,11 @@ def _proj(u, x_proj_w, dt_proj_w, dt_rank, d_state):
 
 
 def _out_proj(weight, bias, y):
-    out = channel_major(weight, y)  # (B, D, L)
-    return out if bias is None else out + bias[:, None]
+    """out_proj of y (B, E, L) token-major: (B, L, D), contiguous. The block's output feeds the
+    residual add + norm, which read (B, L, D) rows: a channel-major (B, D, L) output made them copy it
+    (and its gradient) once a layer, 2 of a training step's largest copy kernels on the H200."""
+    out = torch.bmm(y.transpose(1, 2), weight.t().expand(y.shape[0], -1, -1))  # cuBLAS reads y^T in place
+    return out if bias is None else out + bias
 
 
 class _MambaInner(torch.autograd.Function):
@@ -83,9 +86,10 @@ class _MambaInner(torch.autograd.Function):
         x_pre, z, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, out_w, out_b, E, seq_idx = ctx.saved_tensors
         device, autocast_on, autocast_dtype = ctx.autocast
         autocast = lambda: torch.autocast(device, dtype=autocast_dtype, enabled=autocast_on)  # noqa: E731
-        # out = W y: dy = W^T dout needs no y, so it comes first; dW = dout y^T once y is back
+        # out^T = W y with dout (B, L, D): dy = W^T dout^T needs no y, so it comes first; dW = dout^T y^T
+        # once y is back
         with autocast():
-            dy = _out_proj(out_w.t(), None, dout)
+            dy = channel_major(out_w.t(), dout.transpose(1, 2))  # (B, E, L)
         conv_params = (conv_w,) if conv_b is None else (conv_w, conv_b)
         # recompute u: by the Triton conv (its backward is below), or through conv_fn under autograd
         triton_conv = ctx.conv_fn is None
@@ -108,9 +112,9 @@ class _MambaInner(torch.autograd.Function):
         # the backward's peak is where most of them would otherwise be alive at once
         del dy
         with autocast():
-            dout_w = torch.bmm(dout, y.to(dout.dtype).transpose(1, 2)).sum(0).to(out_w.dtype)
+            dout_w = torch.bmm(dout.transpose(1, 2), y.to(dout.dtype).transpose(1, 2)).sum(0).to(out_w.dtype)
         del y
-        dout_b = dout.sum((0, 2)).to(out_b.dtype) if out_b is not None else None
+        dout_b = dout.sum((0, 1)).to(out_b.dtype) if out_b is not None else None
         if triton_conv:  # the projections' share of du, then the conv's backward in Triton
             du_proj, dxproj_w, ddtproj_w = torch.autograd.grad(
                 (delta, B, C), (u, x_proj_leaf, dt_proj_leaf), (ddelta, dB, dC)
@@ -136,7 +140,7 @@ class _MambaInner(torch.autograd.Function):
 
 def mamba_inner(x_pre, z, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, out_w, out_b, dt_rank, d_state,
                 seq_idx=None, conv_fn=None):  # fmt: skip
-    """out_proj(y) (B, D, L) of a Mamba block's conv, projections and scan from x_pre, z (B, E, L),
+    """out_proj(y) (B, L, D), token-major, of a Mamba block's conv, projections and scan from x_pre, z (B, E, L),
     keeping only x_pre, z and the scan's chunk states for backward. Weights as the block's
     parameters (conv_w (E, 1, K)); conv_fn: the causal conv to use instead of the Triton one (for
     packed sequences, where it must not cross a boundary)."""

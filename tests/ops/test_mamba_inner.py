@@ -40,6 +40,7 @@ def test_fused_inner_equals_separate_ops(packed, bf16, options):
     hidden = torch.randn(2, 37, 8).to(DEVICE)
     seq_idx = torch.tensor([[0] * 20 + [1] * 17, [0] * 5 + [1] * 30 + [2] * 2]).to(DEVICE) if packed else None
     out, dx, grads = run(block, hidden, seq_idx, True, bf16)
+    assert out.is_contiguous()  # token-major (B, L, D): the next residual add + norm read it without a copy
     out_ref, dx_ref, grads_ref = run(block, hidden, seq_idx, False, bf16)
     tol = dict(rtol=2e-2, atol=2e-2) if bf16 else dict(rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out, out_ref, **tol)
