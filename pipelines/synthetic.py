@@ -153,7 +153,8 @@ def train(args) -> dict:
     bf16_eval = {"auto": None, "bf16": True, "fp32": False}[args.eval_precision]
     losses, curve, tokens, start, cache = [], [], 0, time.time(), None
     for step in range(args.steps):
-        ids, targets = _to_device(make(args.batch, data_gen, length=train_length(args, step)), device)
+        batch = scheduled(args.batch_after, step, args.batch)
+        ids, targets = _to_device(make(batch, data_gen, length=train_length(args, step)), device)
         tokens += ids.numel()
         if args.state_passing:
             cache = passed_state(model, cache, ids.shape[0])
@@ -163,7 +164,7 @@ def train(args) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * lr_factor(args, step, time.time() - start)
+            group["lr"] = scheduled(args.lr_after, step, args.lr) * lr_factor(args, step, time.time() - start)
         optimizer.step()
         # kept on the device: a .item() every step would make the CPU wait for the GPU each step, so
         # the next batch's data and kernel launches could not overlap this step's GPU work
@@ -192,7 +193,7 @@ def train(args) -> dict:
               "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:]),
               "monitor_curve": curve, "curriculum_start": args.curriculum_start or None,
               "lr_schedule": args.lr_schedule, "state_passing": args.state_passing,
-              "init": args.init}  # fmt: skip
+              "init": args.init, "lr_after": args.lr_after, "batch_after": args.batch_after}  # fmt: skip
     if args.out:  # the trained model, to evaluate again or continue (--init)
         model.save_pretrained(Path(args.out) / "model")
         result["model"] = str(Path(args.out) / "model")
@@ -222,6 +223,33 @@ def lr_factor(args, step: int, elapsed: float) -> float:
     if args.time_budget:
         progress = max(progress, elapsed / args.time_budget)
     return warmup * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def scheduled(changes: list, step: int, value):
+    """`value` until the first (from_step, new) in `changes` (sorted by step) whose from_step <= step,
+    then that change's value: the last one reached wins (--lr-after, --batch-after)."""
+    for from_step, new in changes:
+        if step >= from_step:
+            value = new
+    return value
+
+
+def _step_value(kind):
+    """An argparse type for STEP:VALUE, e.g. 1000:1e-3."""
+
+    def parse(text: str):
+        step, sep, value = text.partition(":")
+        try:
+            if not sep or int(step) < 0:
+                raise ValueError
+            parsed = (int(step), kind(value))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected STEP:VALUE, got {text!r}") from None
+        if parsed[1] <= 0:
+            raise argparse.ArgumentTypeError(f"the value must be positive, got {text!r}")
+        return parsed
+
+    return parse
 
 
 def init_dt_bias(model: MambaLM, dt_min: float, dt_max: float) -> None:
@@ -285,6 +313,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"],
                    help="after the linear warm-up: a cosine to 0 at the end of the run, or constant")  # fmt: skip
+    p.add_argument("--lr-after", type=_step_value(float), nargs="+", default=[], metavar="STEP:LR",
+                   help="from STEP on, the base rate is LR (times the schedule), e.g. 1000:1e-3")  # fmt: skip
+    p.add_argument("--batch-after", type=_step_value(int), nargs="+", default=[], metavar="STEP:BATCH",
+                   help="from STEP on, train at batch BATCH (monitor and test sets keep --batch)")  # fmt: skip
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay on weight matrices only")
     p.add_argument("--eval-size", type=int, default=512, help="sequences in each fixed evaluation set")
     p.add_argument("--eval-every", type=int, default=0, help="steps between monitor evaluations (0: none)")
@@ -308,6 +340,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    args.lr_after, args.batch_after = sorted(args.lr_after), sorted(args.batch_after)
     if args.length is None:
         args.length = 4096 if args.task == "copying" else 256
     if args.task == "copying" and 0 < args.curriculum_start < args.n_tokens:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import pipelines.synthetic as synthetic
 from core.models import MambaConfig, MambaLM
 from pipelines.synthetic import (
     IGNORE,
@@ -16,6 +17,7 @@ from pipelines.synthetic import (
     main,
     parse_args,
     passed_state,
+    scheduled,
     selective_copying_batch,
     train_length,
 )
@@ -199,3 +201,42 @@ def test_dt_bias_redrawn_in_the_asked_range():
         assert dt.max() / dt.min() > 3  # spread over the range, not one value
     with pytest.raises(ValueError, match="dt_min"):
         init_dt_bias(model, 1e-2, 1e-3)
+
+
+def test_lr_after_and_batch_after_parse_and_switch_at_their_steps():
+    args = parse_args(["induction", "--lr", "4e-3", "--batch", "64", "--lr-after", "2000:5e-4", "1000:1e-3",
+                       "--batch-after", "1000:8"])  # fmt: skip
+    assert args.lr_after == [(1000, 1e-3), (2000, 5e-4)]  # sorted by step
+    lrs = [scheduled(args.lr_after, step, args.lr) for step in (0, 999, 1000, 1999, 2000, 10**6)]
+    assert lrs == [4e-3, 4e-3, 1e-3, 1e-3, 5e-4, 5e-4]
+    assert [scheduled(args.batch_after, step, args.batch) for step in (999, 1000)] == [64, 8]
+    assert scheduled(parse_args(["induction"]).lr_after, 5, 0.1) == 0.1  # none given: unchanged
+
+
+@pytest.mark.parametrize("bad", ["1000", "x:1e-3", "-1:1e-3", "10:0", "10:abc"])
+def test_lr_after_rejects_malformed_changes(bad):
+    with pytest.raises(SystemExit):
+        parse_args(["induction", "--lr-after", bad])
+
+
+def test_lr_after_sets_the_rate_and_batch_after_the_batch_in_training(tmp_path, monkeypatch):
+    sizes = []
+    real = synthetic.induction_batch
+    monkeypatch.setattr(synthetic, "induction_batch", lambda n, *a: sizes.append(n) or real(n, *a))
+    common = ["--length", "16", "--vocab", "6", "--d-model", "16", "--batch", "8", "--eval-size", "8",
+              "--eval-lengths", "16", "--device", "cpu", "--lr", "1e-2", "--warmup", "1",
+              "--lr-schedule", "constant"]  # fmt: skip
+    three = main(["induction", *common, "--steps", "3", "--out", str(tmp_path / "a")])
+    sizes.clear()
+    # three more steps at a rate of ~0 (and batch 2) leave the weights where the first three put them
+    six = main(["induction", *common, "--steps", "6", "--lr-after", "3:1e-12", "--batch-after", "3:2",
+                "--out", str(tmp_path / "b")])  # fmt: skip
+    assert sizes == [8, 8, 8, 2, 2, 2, 8]  # six training batches, then the test set at --batch
+    assert six["lr_after"] == [(3, 1e-12)] and six["batch_after"] == [(3, 2)]
+    a = MambaLM.from_pretrained(three["model"]).state_dict()
+    b = MambaLM.from_pretrained(six["model"]).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-8) for k in a)
+    # without the change, the same three extra steps do move them
+    moved = main(["induction", *common, "--steps", "6", "--out", str(tmp_path / "c")])
+    c = MambaLM.from_pretrained(moved["model"]).state_dict()
+    assert any(not torch.allclose(a[k], c[k], atol=1e-4) for k in a)
