@@ -31,15 +31,19 @@ where sequences begin: the chunk scans drop h_{t-1}, a chunk or segment holding 
 no state (its cumulative decay is 0), and the backward's adjoint stops at the reset by the same
 product rule. Without seq_idx the factor is compiled out (HAS_SEQ).
 
-The forward's main kernel comes in two forms (FWD_KERNEL): the associative scan of each (N, T)
-tile described above, and, by default, _selective_scan_fwd_seq_kernel, where each thread owns a
-channel's N states and walks the steps one by one (no scan, no shuffles; ~9 SASS instructions per
-state-step against ~30). The backward is the tile scan.
+Most kernels come in two forms: the associative scan (or sums) over (N, T) tiles described
+above, and a step-by-step one (*_seq_kernel) where each thread owns a channel's N states and walks
+the steps one by one (no scan, no shuffles; ~9 SASS instructions per state-step against ~30 for
+the forward). Defaults: the step-by-step forward (FWD_KERNEL) and segment passes (FWD_SEG_KERNEL,
+BWD_SEG_KERNEL; packed rows on a GPU excepted, see _seq_segments_ok), the tile-scan backward
+(BWD_KERNEL: the step one is exact but slower, see its setting). On a GPU the step kernels run
+only with one channel per lane (_one_per_lane).
 
-Speed (benchmarks/results/README.md, H200, fwd+bwd against mamba_ssm's CUDA kernel): 1.03-1.04x
-at the two 2^20-step anchor shapes, 0.66-0.70x at 8 x 2048 x 4096 and 4 x 1536 x 16384; the
-forward alone 0.60-0.79x. The backward (~3/4 of the time) is bound by instruction issue
-(shuffles of its tile scans); benchmarks/sass_stats.py counts SASS without a GPU.
+Speed (benchmarks/results/README.md, H200, fwd+bwd against mamba_ssm's CUDA kernel): 1.09-1.11x
+at the two 2^20-step anchor shapes, 0.68-0.75x at 8 x 2048 x 4096 and 4 x 1536 x 16384; the
+forward alone 0.73-0.95x. The backward (~3/4 of the time) is bound by instruction issue
+(shuffles of its tile scans, 48% SM throughput in Nsight Compute); benchmarks/sass_stats.py
+counts SASS without a GPU.
 
 On CPU tensors the kernels run in Triton's interpreter; set TRITON_INTERPRET=1 before this
 module is imported (that is how CI tests it).
@@ -107,7 +111,9 @@ BWD_SEG_KERNEL = "seq"
 # The backward's main kernel: "scan" (_selective_scan_bwd_kernel: associative scans over (N, T)
 # tiles, ~3 warp-instructions per state-step on sm_90) or "seq" (_selective_scan_bwd_seq_kernel:
 # a channel per lane walking the steps, the forward's design; variable B and C only). "seq" is
-# tested for exactness (CI, interpreter) and not yet timed on a GPU, so it is not the default.
+# exact (CI; on the H200 against "scan") but slower there: fwd+bwd 13.0/16.4/85.3/88.2 ms against
+# 8.7/13.0/65.7/65.8 at the anchor shapes. Nsight Compute: 255 registers (8 programs per SM), and
+# 38% of its instructions are the per-step shuffle sums of dB/dC over channels.
 BWD_KERNEL = "scan"
 FULL = 0.7
 SEG_WAVES = 4
