@@ -157,6 +157,12 @@ def _divisors(n: int) -> list[int]:
     return [k for k in range(1, n + 1) if n % k == 0]
 
 
+def _lane_block(group_dim: int) -> int:
+    """Channels per program of the one-channel-per-lane kernels: the largest power of two <= 32
+    dividing group_dim (a program stays inside one B/C group); see _one_per_lane for where they run."""
+    return max(k for k in (1, 2, 4, 8, 16, 32) if group_dim % k == 0)
+
+
 def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, var_bc: bool, n_sm: int) -> ScanPlan:
     """Pick the cut. `part_dim`: channels sharing one B and one C group (a program stays inside
     it); `var_bc`: B or C depends on the input (so the backward needs dB/dC partial buffers)."""
@@ -176,7 +182,7 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
     if FWD_KERNEL == "seq":
         # one channel per lane of the one warp: the largest power of two dividing part_dim, <= 32
         fwd_slots = FWD_SEQ_SLOTS_PER_SM * n_sm
-        fwd_block = max(k for k in (1, 2, 4, 8, 16, 32) if part_dim % k == 0)
+        fwd_block = _lane_block(part_dim)
     else:
         # a few channels per program share the B/C tiles
         fwd_slots = FWD_SLOTS_PER_SM * n_sm
@@ -450,17 +456,25 @@ def _scan_bwd(
     bias = delta_bias if delta_bias is not None else A
     keep = keep if keep is not None else A  # any pointer: HAS_SEQ=False never reads it
     grid = (batch, dim // DK, n_seg)
+    # the step-by-step kernels pick their own channel blocks (a lane per channel, inside one group)
+    # and read B and C as padded float32 rows, made once for both
+    seq_dk = _lane_block(cgd)  # segment pass: P and Q do not depend on the blocks
+    seg_seq = (
+        n_seg > 1 and BWD_SEG_KERNEL == "seq" and T % 8 == 0 and _one_per_lane(seq_dk, u.is_cuda)
+        and _seq_segments_ok(flags["HAS_SEQ"], u)
+    )  # fmt: skip
+    step_dk = _lane_block(math.gcd(bgd, cgd))  # the backward proper: variable B and C only
+    step = BWD_KERNEL == "seq" and T % 4 == 0 and B.dim() > 2 and C.dim() > 2 and _one_per_lane(step_dk, u.is_cuda)
+    padded = n_chunks * T
+    Cp = _padded_bc(C, padded, NP, acc) if seg_seq or step else None
     if n_seg > 1:
         P = torch.empty(batch, dim, n_seg, d_state, dtype=acc, device=dev)
         Q = torch.empty_like(P)
         f = SEG_COARSEN if cps % SEG_COARSEN == 0 else 1
-        # its own channel blocks (a lane per channel, inside one C group): P and Q do not depend on them
-        seq_dk = max(k for k in (1, 2, 4, 8, 16, 32) if cgd % k == 0)
-        seq_ok = T % 8 == 0 and _one_per_lane(seq_dk, u.is_cuda) and _seq_segments_ok(flags["HAS_SEQ"], u)
-        if BWD_SEG_KERNEL == "seq" and seq_ok:
+        if seg_seq:
             _segment_state_bwd_seq_kernel[(batch, dim // seq_dk, n_seg)](
-                delta, A, _padded_bc(C, n_chunks * T, NP, acc), z if z is not None else u, bias, keep, dy, P, Q,
-                dim, length, d_state, n_chunks, cps, n_seg, cgd, cg, n_chunks * T, 0,
+                delta, A, Cp, z if z is not None else u, bias, keep, dy, P, Q,
+                dim, length, d_state, n_chunks, cps, n_seg, cgd, cg, padded, 0,
                 DK=seq_dk, T=T, NP=NP, FAST_EXP=u.is_cuda and acc == torch.float32, num_warps=NUM_WARPS, **flags,
             )  # fmt: skip
         else:
@@ -509,10 +523,7 @@ def _scan_bwd(
         R = dlast.to(acc).reshape(batch, dim, 1, d_state).clone()
     else:
         R = torch.zeros(batch, dim, 1, d_state, dtype=acc, device=dev)
-    # the step-by-step backward (variable B and C): its own channel blocks, one channel per lane
-    step_dk = max(k for k in (1, 2, 4, 8, 16, 32) if math.gcd(bgd, cgd) % k == 0)
-    step = BWD_KERNEL == "seq" and T % 4 == 0 and B.dim() > 2 and C.dim() > 2 and _one_per_lane(step_dk, u.is_cuda)
-    if step:
+    if step:  # after the summing segment pass, whose grid is the plan's
         DK = step_dk
     # every slice below is written exactly once (one program owns each channel and chunk)
     if B.dim() == 2:
@@ -529,10 +540,9 @@ def _scan_bwd(
     # the kernel picks the initial state or E by chunk: both must be the same pointer type
     h0 = initial_state.to(acc) if initial_state is not None else E
     if step:
-        padded = n_chunks * T
         scratch = torch.empty(batch * (dim // DK) * n_seg, T // 2, DK, NP, dtype=acc, device=dev)
         _selective_scan_bwd_seq_kernel[(batch, dim // DK, n_seg)](
-            u, delta, A, _padded_bc(B, padded, NP, acc), _padded_bc(C, padded, NP, acc),
+            u, delta, A, _padded_bc(B, padded, NP, acc), Cp,
             D if D is not None else A, z if z is not None else u, bias, keep, h0, E, dy, R, du, ddelta,
             dz if dz is not None else du, y if emit_y else du, dB_part, dC_part, dA_part, dD_part, dbias_part,
             scratch, dim, length, d_state, n_chunks, cps, n_seg, bgd, cgd, bg, cg, padded, 0,
