@@ -19,7 +19,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 
 stage_tests() {
-    python3 -m pytest -q -p no:cacheprovider -x tests/gpu tests/ops/test_triton_fused.py tests/ops/test_triton_step.py \
+    python3 -m pytest -q -rfE -p no:cacheprovider tests/gpu tests/ops/test_triton_fused.py tests/ops/test_triton_step.py \
         tests/ops/test_triton_conv.py tests/ops/test_triton_scan.py tests/ops/test_mamba_inner.py \
         tests/models/test_lm.py 2>&1 | tee "$OUT/tests.log" | tail -n 5
 }
