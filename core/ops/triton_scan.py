@@ -115,6 +115,7 @@ BWD_SEG_KERNEL = "seq"
 # 8.7/13.0/65.7/65.8 at the anchor shapes. Nsight Compute: 255 registers (8 programs per SM), and
 # 38% of its instructions are the per-step shuffle sums of dB/dC over channels.
 BWD_KERNEL = "scan"
+BWD_SEQ_SLOTS_PER_SM = 8  # its 255 registers
 FULL = 0.7
 SEG_WAVES = 4
 # The segment kernels (no scan, only sums: far fewer live registers) walk their segment in
@@ -163,6 +164,15 @@ def _lane_block(group_dim: int) -> int:
     return max(k for k in (1, 2, 4, 8, 16, 32) if group_dim % k == 0)
 
 
+def _seg_chunks(programs: int, slots: int, n_chunks: int) -> int:
+    """Chunks per segment for a launch of `programs` programs (per segment) on `slots` resident ones."""
+    if programs >= FULL * slots:
+        return n_chunks
+    n_seg = min(n_chunks, triton.cdiv(SEG_WAVES * slots, programs))
+    # a multiple of SEG_COARSEN chunks, so the segment kernels can step that many at once
+    return triton.cdiv(triton.cdiv(n_chunks, n_seg), SEG_COARSEN) * SEG_COARSEN
+
+
 def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, var_bc: bool, n_sm: int) -> ScanPlan:
     """Pick the cut. `part_dim`: channels sharing one B and one C group (a program stays inside
     it); `var_bc`: B or C depends on the input (so the backward needs dB/dC partial buffers)."""
@@ -171,13 +181,6 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
     nps = max(2, triton.next_power_of_2(d_state))
     rows = batch * dim
     divs = _divisors(part_dim)
-
-    def seg_chunks(programs: int, slots: int) -> int:
-        if programs >= FULL * slots:
-            return n_chunks
-        n_seg = min(n_chunks, triton.cdiv(SEG_WAVES * slots, programs))
-        # a multiple of SEG_COARSEN chunks, so the segment kernels can step that many at once
-        return triton.cdiv(triton.cdiv(n_chunks, n_seg), SEG_COARSEN) * SEG_COARSEN
 
     if FWD_KERNEL == "seq":
         # one channel per lane of the one warp: the largest power of two dividing part_dim, <= 32
@@ -200,9 +203,9 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
     return ScanPlan(
         chunk,
         fwd_block,
-        seg_chunks(rows // fwd_block, fwd_slots),
+        _seg_chunks(rows // fwd_block, fwd_slots, n_chunks),
         bwd_block,
-        seg_chunks(rows // bwd_block, bwd_slots),
+        _seg_chunks(rows // bwd_block, bwd_slots, n_chunks),
     )
 
 
@@ -439,11 +442,15 @@ def _scan_bwd(
     dz = torch.empty_like(z) if z is not None else None
     y = torch.empty_like(u) if emit_y else None
     DK = plan.bwd_block
-    cps = plan.bwd_seg_chunks
-    n_seg = max(1, triton.cdiv(n_chunks, cps))
     NP = max(2, triton.next_power_of_2(d_state))
     bgd, bg = _bc_args(B, dim)
     cgd, cg = _bc_args(C, dim)
+    step_dk = _lane_block(math.gcd(bgd, cgd))  # the backward proper: variable B and C only
+    step = BWD_KERNEL == "seq" and T % 4 == 0 and B.dim() > 2 and C.dim() > 2 and _one_per_lane(step_dk, u.is_cuda)
+    cps = plan.bwd_seg_chunks
+    if step and u.is_cuda:  # its own programs (a channel per lane) set its segments
+        cps = _seg_chunks(batch * dim // step_dk, BWD_SEQ_SLOTS_PER_SM * _sm_count(dev.index or 0), n_chunks)
+    n_seg = max(1, triton.cdiv(n_chunks, cps))
     keep = _keep_factor(seq_idx, acc)
     flags = dict(
         C_CONST=C.dim() == 2,
@@ -463,8 +470,6 @@ def _scan_bwd(
         n_seg > 1 and BWD_SEG_KERNEL == "seq" and T % 8 == 0 and _one_per_lane(seq_dk, u.is_cuda)
         and _seq_segments_ok(flags["HAS_SEQ"], u)
     )  # fmt: skip
-    step_dk = _lane_block(math.gcd(bgd, cgd))  # the backward proper: variable B and C only
-    step = BWD_KERNEL == "seq" and T % 4 == 0 and B.dim() > 2 and C.dim() > 2 and _one_per_lane(step_dk, u.is_cuda)
     padded = n_chunks * T
     Cp = _padded_bc(C, padded, NP, acc) if seg_seq or step else None
     if n_seg > 1:
