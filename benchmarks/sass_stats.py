@@ -181,7 +181,8 @@ def main(argv=None):
     if args.kernel == "fwdseq":
         runs.append(("fwdseq", ts._selective_scan_fwd_seq_kernel, {**common, "DK": 32, "FAST_EXP": True}, ts.NUM_WARPS))
     if args.kernel in ("bwd", "both"):
-        runs.append(("bwd", ts._selective_scan_bwd_kernel, {**common, "DK": plan.bwd_block}, ts.BWD_NUM_WARPS))
+        bwd = {**common, "DK": plan.bwd_block, "FAST_EXP": True, "RUN": ts.BWD_LOAD_RUN}
+        runs.append(("bwd", ts._selective_scan_bwd_kernel, bwd, ts.BWD_NUM_WARPS))
     for name, kernel, constexprs, warps in runs:
         constexprs["DK"] = args.dk or constexprs["DK"]
         warps = args.warps or warps

@@ -128,6 +128,12 @@ SEG_COARSEN = 4
 # (1 x 512 x 2^20: 98.9 -> 89.1 ms) and the one-wave 8 x 2048 x 4096 30% slower (11.3 -> 14.7 ms).
 FWD_MAXNREG = None
 BWD_MAXNREG = 128
+# The backward's (N, T) tiles take their layout from the B/C loads, which the compiler vectorises
+# along the steps as far as it can prove them contiguous: 8 bf16 steps a thread put a (16, 32) tile
+# on 8 x 4 lanes, so every per-step vector (softplus, gate, du, ddelta) is computed 8 times over.
+# Showing it only 4-step runs gives 4 x 8 lanes and 4 copies: 1,272 SASS instructions a channel and
+# chunk against 1,392 (benchmarks/sass_stats.py, sm_90); 2-step runs cost more shuffles (1,455).
+BWD_LOAD_RUN = 4
 
 # ----------------------------------------------------------------------------------------------
 # Launchers
@@ -589,6 +595,7 @@ def _scan_bwd(
             cgd,
             bg,
             cg,
+            0,
             DK=DK,
             T=T,
             NP=NP,
@@ -596,6 +603,8 @@ def _scan_bwd(
             HAS_D=D is not None,
             HAS_H0=initial_state is not None,
             EMIT_Y=emit_y,
+            FAST_EXP=u.is_cuda and acc == torch.float32,
+            RUN=BWD_LOAD_RUN,
             num_warps=BWD_NUM_WARPS,
             **_reg_cap(BWD_MAXNREG, u, batch * (dim // DK) * n_seg, BWD_SLOTS_PER_SM),
             **flags,

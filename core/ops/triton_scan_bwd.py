@@ -256,6 +256,7 @@ def _selective_scan_bwd_kernel(
     c_group_dim,
     b_groups,
     c_groups,
+    zero,  # 0 at run time: hides contiguity past RUN steps from the compiler
     DK: tl.constexpr,
     T: tl.constexpr,
     NP: tl.constexpr,
@@ -269,6 +270,8 @@ def _selective_scan_bwd_kernel(
     HAS_SEQ: tl.constexpr,
     IS_F64: tl.constexpr,
     EMIT_Y: tl.constexpr = False,
+    FAST_EXP: tl.constexpr = False,
+    RUN: tl.constexpr = 0,
 ):
     """Chunks of segment pid_s from last to first, and per chunk the DK channels; per channel:
 
@@ -307,7 +310,10 @@ def _selective_scan_bwd_kernel(
         c = c_end - 1 - j
         t = c * T + offs_t
         t_mask = t < length
-        tile_offs = offs_n[:, None] * length + t[None, :]
+        if RUN > 0:
+            tile_offs = offs_n[:, None] * length + (t + (offs_t // RUN) * zero)[None, :]
+        else:
+            tile_offs = offs_n[:, None] * length + t[None, :]
         tile_mask = n_mask[:, None] & t_mask[None, :]
         # dA_{t+1} belongs to the next chunk at the last column: 1 there, the carry R holds the rest
         next_mask = (t + 1 < length) & (offs_t < T - 1)
@@ -371,11 +377,12 @@ def _selective_scan_bwd_kernel(
             dt, raw = _delta(raw_t, bias, t_mask, HAS_BIAS, SOFTPLUS)
             dt_next, _ = _delta(rawn, bias, next_mask, HAS_BIAS, SOFTPLUS)
             A = tl.load(A_ptr + d * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)
+            A2 = A * 1.4426950408889634  # exp(x A) = 2^(x A log2(e))
             if B_CONST:
                 Bd = tl.load(B_ptr + d * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)[:, None]
             if C_CONST:
                 Cd = tl.load(C_ptr + d * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)[:, None]
-            dA = tl.exp(dt[None, :] * A[:, None])  # (NP, T)
+            dA = _exp2(dt[None, :] * A2[:, None], FAST_EXP)  # (NP, T)
             if HAS_SEQ:
                 dA *= keep[None, :]
             x = Bd * (dt * u)[None, :]
@@ -406,7 +413,7 @@ def _selective_scan_bwd_kernel(
             # Triton's reverse=True scan over a (16, 32) tile costs ~11x the shuffles of a forward
             # one (sm_90: 352 vs 32), two flips ~48 each (benchmarks/sass_stats.py)
             dt_next_r = tl.flip(dt_next, 0)
-            dA_next_r = tl.exp(dt_next_r[None, :] * A[:, None])  # step T-1-j's dA_{t+1} in column j
+            dA_next_r = _exp2(dt_next_r[None, :] * A2[:, None], FAST_EXP)  # step T-1-j's dA_{t+1} in column j
             if HAS_SEQ:
                 dA_next_r *= tl.flip(keep_n, 0)[None, :]
             ra_r, rb_r = tl.associative_scan((dA_next_r, tl.flip(Cd * dy[None, :], 1)), 1, _scan_combine)
@@ -421,14 +428,15 @@ def _selective_scan_bwd_kernel(
                 tl.store(dB_ptr + offs_chunk * d_state + offs_n, tl.sum(g * (dt * u)[None, :], axis=1), mask=n_mask)
             else:
                 dB_acc += g * (dt * u)[None, :]
-            du = dt * tl.sum(g * Bd, axis=0)
+            gB = tl.sum(g * Bd, axis=0)
+            du = dt * gB
             if HAS_D:
                 du += Dd * dy
                 tl.store(dD_ptr + offs_chunk, tl.sum(dy * u, axis=0))
             tl.store(du_ptr + offs, du.to(du_ptr.dtype.element_ty), mask=t_mask)
             gh = g * h_prev
             # padded steps carry g = R and h_prev = h: keep them out of the sums
-            ddt = tl.where(t_mask, tl.sum(g * Bd * u[None, :] + A[:, None] * gh, axis=0), 0.0)
+            ddt = tl.where(t_mask, u * gB + tl.sum(A[:, None] * gh, axis=0), 0.0)
             tl.store(dA_ptr + offs_chunk * d_state + offs_n, tl.sum(gh * dt[None, :], axis=1), mask=n_mask)
             if SOFTPLUS:
                 ddt *= 1.0 / (1.0 + tl.exp(-raw))
