@@ -126,8 +126,10 @@ SEG_COARSEN = 4
 # warps, which pays only if there are programs waiting. On the H200 (benchmarks/results/h200.json,
 # sweep) capping the backward at 128 registers made the segmented shapes 10% faster
 # (1 x 512 x 2^20: 98.9 -> 89.1 ms) and the one-wave 8 x 2048 x 4096 30% slower (11.3 -> 14.7 ms).
+# Since the backward needs 227 registers (session 5), 168 beats 128 where a cap applies: fwd+bwd
+# 11.10 / 56.84 ms at 4 x 1536 x 16384 / 1 x 512 x 2^20 against 11.49 / 58.41 (none: 11.51 / 59.20).
 FWD_MAXNREG = None
-BWD_MAXNREG = 128
+BWD_MAXNREG = 168
 # The backward's (N, T) tiles take their layout from the B/C loads, which the compiler vectorises
 # along the steps as far as it can prove them contiguous: 8 bf16 steps a thread put a (16, 32) tile
 # on 8 x 4 lanes, so every per-step vector (softplus, gate, du, ddelta) is computed 8 times over.
