@@ -45,6 +45,8 @@ SETTINGS = (
     "FWD_SLOTS_PER_SM",
     "BWD_SLOTS_PER_SM",
     "FULL",
+    "FWD_FULL",
+    "FWD_SEG_WAVES",
     "FWD_KERNEL",
     "FWD_SEQ_SLOTS_PER_SM",
     "FWD_SEG_KERNEL",
@@ -53,6 +55,9 @@ SETTINGS = (
     "PARTIAL_BUDGET",
     "FWD_MAXNREG",
     "BWD_MAXNREG",
+    "BWD_KERNEL",
+    "BWD_SEG_KERNEL",
+    "BWD_LOAD_RUN",
 )  # per (batch, dim, length) element, bf16
 
 

@@ -117,6 +117,9 @@ BWD_SEG_KERNEL = "seq"
 BWD_KERNEL = "scan"
 BWD_SEQ_SLOTS_PER_SM = 8  # its 255 registers
 FULL = 0.7
+# the forward's own thresholds (its programs differ from the backward's), separate knobs for sweeps
+FWD_FULL = 0.7
+FWD_SEG_WAVES = 4
 SEG_WAVES = 4
 # The segment kernels (no scan, only sums: far fewer live registers) walk their segment in
 # chunks this many times longer, which amortises the per-chunk overhead.
@@ -172,11 +175,12 @@ def _lane_block(group_dim: int) -> int:
     return max(k for k in (1, 2, 4, 8, 16, 32) if group_dim % k == 0)
 
 
-def _seg_chunks(programs: int, slots: int, n_chunks: int) -> int:
-    """Chunks per segment for a launch of `programs` programs (per segment) on `slots` resident ones."""
-    if programs >= FULL * slots:
+def _seg_chunks(programs: int, slots: int, n_chunks: int, full: float | None = None, waves: float | None = None) -> int:
+    """Chunks per segment for a launch of `programs` programs (per segment) on `slots` resident ones:
+    one segment from `full` of the slots up, else enough for `waves` waves (FULL, SEG_WAVES by default)."""
+    if programs >= (FULL if full is None else full) * slots:
         return n_chunks
-    n_seg = min(n_chunks, triton.cdiv(SEG_WAVES * slots, programs))
+    n_seg = min(n_chunks, triton.cdiv(int((SEG_WAVES if waves is None else waves) * slots), programs))
     # a multiple of SEG_COARSEN chunks, so the segment kernels can step that many at once
     return triton.cdiv(triton.cdiv(n_chunks, n_seg), SEG_COARSEN) * SEG_COARSEN
 
@@ -211,7 +215,7 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
     return ScanPlan(
         chunk,
         fwd_block,
-        _seg_chunks(rows // fwd_block, fwd_slots, n_chunks),
+        _seg_chunks(rows // fwd_block, fwd_slots, n_chunks, FWD_FULL, FWD_SEG_WAVES),
         bwd_block,
         _seg_chunks(rows // bwd_block, bwd_slots, n_chunks),
     )
@@ -339,14 +343,19 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     if n_seg > 1:
         P = torch.empty(batch, dim, n_seg, d_state, dtype=acc, device=u.device)
         S = torch.empty_like(P)
+        # the last segment's end state is the last chunk's E, which the main kernel writes: the
+        # segment pass skips it (at 2 segments that halves its work), and state passing reads zeros
+        P[:, :, -1].zero_()
+        S[:, :, -1].zero_()
+        seg_grid = (batch, dim // DK, n_seg - 1)
         f = SEG_COARSEN if cps % SEG_COARSEN == 0 else 1
         if step and FWD_SEG_KERNEL == "seq" and _seq_segments_ok(flags["HAS_SEQ"], u):
-            _segment_state_fwd_seq_kernel[grid](
+            _segment_state_fwd_seq_kernel[seg_grid](
                 u, delta, A, Bk, bias, keep, P, S, dim, length, d_state, n_chunks, cps, n_seg, bgd, bg,
                 n_chunks * T, 0, DK=DK, T=T, NP=NP, FAST_EXP=fast_exp, num_warps=NUM_WARPS, **flags,
             )  # fmt: skip
         else:
-            _segment_state_fwd_kernel[grid](
+            _segment_state_fwd_kernel[seg_grid](
                 u,
                 delta,
                 A,
