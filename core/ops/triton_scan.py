@@ -39,11 +39,11 @@ BWD_SEG_KERNEL; packed rows on a GPU excepted, see _seq_segments_ok), the tile-s
 (BWD_KERNEL: the step one is exact but slower, see its setting). On a GPU the step kernels run
 only with one channel per lane (_one_per_lane).
 
-Speed (benchmarks/results/README.md, H200, fwd+bwd against mamba_ssm's CUDA kernel): 1.09-1.11x
-at the two 2^20-step anchor shapes, 0.68-0.75x at 8 x 2048 x 4096 and 4 x 1536 x 16384; the
-forward alone 0.73-0.95x. The backward (~3/4 of the time) is bound by instruction issue
-(shuffles of its tile scans, 48% SM throughput in Nsight Compute); benchmarks/sass_stats.py
-counts SASS without a GPU.
+Speed (benchmarks/results/README.md, H200, fwd+bwd against mamba_ssm's CUDA kernel, session 5):
+1.26-1.28x at the two 2^20-step anchor shapes, 0.81-0.87x at 8 x 2048 x 4096 and 4 x 1536 x 16384;
+the forward alone 0.75-0.96x. The backward (~3/4 of the time) is bound by instruction issue: its
+two tile scans and the sums over states cost ~38 instructions per state-step, near the floor of
+this design (benchmarks/sass_stats.py counts SASS without a GPU).
 
 On CPU tensors the kernels run in Triton's interpreter; set TRITON_INTERPRET=1 before this
 module is imported (that is how CI tests it).
