@@ -148,7 +148,9 @@ def train(args) -> dict:
         model = model.to(device)
     # decay on matrices only: decaying the dt bias towards 0 (dt = softplus(0) = 0.69) or A_log
     # would pull every state towards forgetting within a few steps, against what both tasks need
-    optimizer = torch.optim.AdamW(optimizer_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(
+        optimizer_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=args.adam_eps
+    )
     data_gen = torch.Generator().manual_seed(args.seed)
     bf16_eval = {"auto": None, "bf16": True, "fp32": False}[args.eval_precision]
     losses, curve, tokens, start, cache = [], [], 0, time.time(), None
@@ -188,6 +190,7 @@ def train(args) -> dict:
     seconds = time.time() - start
     result = {"task": args.task, "mixer": args.mixer, "steps": len(losses), "max_steps": args.steps,
               "train_length": args.length, "batch": args.batch, "lr": args.lr, "weight_decay": args.weight_decay,
+              "adam_eps": args.adam_eps,
               "device": str(device),
               "train_seconds": round(seconds, 1), "train_tokens_per_s": round(tokens / seconds),
               "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:]),
@@ -318,6 +321,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-after", type=_step_value(int), nargs="+", default=[], metavar="STEP:BATCH",
                    help="from STEP on, train at batch BATCH (monitor and test sets keep --batch)")  # fmt: skip
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay on weight matrices only")
+    p.add_argument("--adam-eps", type=float, default=1e-8,
+                   help="Adam's epsilon; once the loss is ~1e-8 the gradients fall below the default and "
+                        "the updates stall")  # fmt: skip
     p.add_argument("--eval-size", type=int, default=512, help="sequences in each fixed evaluation set")
     p.add_argument("--eval-every", type=int, default=0, help="steps between monitor evaluations (0: none)")
     p.add_argument("--monitor-size", type=int, default=256, help="sequences in the monitor set (training length)")

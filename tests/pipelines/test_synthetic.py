@@ -240,3 +240,16 @@ def test_lr_after_sets_the_rate_and_batch_after_the_batch_in_training(tmp_path, 
     moved = main(["induction", *common, "--steps", "6", "--out", str(tmp_path / "c")])
     c = MambaLM.from_pretrained(moved["model"]).state_dict()
     assert any(not torch.allclose(a[k], c[k], atol=1e-4) for k in a)
+
+
+def test_adam_eps_reaches_the_optimiser(tmp_path):
+    """A huge epsilon makes Adam's steps lr * m / (sqrt(v) + eps) vanish: two such runs end at the
+    same (initial) weights, which the default epsilon moves."""
+    common = ["induction", "--length", "16", "--vocab", "6", "--d-model", "16", "--batch", "8", "--eval-size", "8",
+              "--eval-lengths", "16", "--device", "cpu", "--lr", "1e-2", "--warmup", "1", "--steps", "3",
+              "--lr-schedule", "constant"]  # fmt: skip
+    runs = {eps: main([*common, "--adam-eps", eps, "--out", str(tmp_path / eps)]) for eps in ("1e6", "1e9", "1e-8")}
+    assert runs["1e6"]["adam_eps"] == 1e6
+    a, b, c = (MambaLM.from_pretrained(runs[eps]["model"]).state_dict() for eps in ("1e6", "1e9", "1e-8"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+    assert not all(torch.allclose(a[k], c[k], atol=1e-4) for k in a)
