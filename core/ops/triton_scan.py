@@ -112,8 +112,9 @@ BWD_SEG_KERNEL = "seq"
 # tiles, ~3 warp-instructions per state-step on sm_90) or "seq" (_selective_scan_bwd_seq_kernel:
 # a channel per lane walking the steps, the forward's design; variable B and C only). "seq" is
 # exact (CI; on the H200 against "scan") but slower there: fwd+bwd 13.0/16.4/85.3/88.2 ms against
-# 8.7/13.0/65.7/65.8 at the anchor shapes. Nsight Compute: 255 registers (8 programs per SM), and
-# 38% of its instructions are the per-step shuffle sums of dB/dC over channels.
+# 8.7/13.0/65.7/65.8 at the anchor shapes (session 4); 11.2/16.5/87.3/89.8 once it planned its own
+# segments (session 5; "scan" then 7.2/11.0/56.8/57.1). Nsight Compute: 255 registers (8 programs
+# per SM), and 38% of its instructions are the per-step shuffle sums of dB/dC over channels.
 BWD_KERNEL = "scan"
 BWD_SEQ_SLOTS_PER_SM = 8  # its 255 registers
 FULL = 0.7
