@@ -186,14 +186,15 @@ def train(args) -> dict:
             break
 
     model.eval()
-    losses = torch.stack(losses).float().tolist()  # waits for the last step
-    seconds = time.time() - start
+    losses = torch.stack(losses).float().tolist() if losses else []  # waits for the last step
+    seconds = max(time.time() - start, 1e-9)
     result = {"task": args.task, "mixer": args.mixer, "steps": len(losses), "max_steps": args.steps,
               "train_length": args.length, "batch": args.batch, "lr": args.lr, "weight_decay": args.weight_decay,
               "adam_eps": args.adam_eps,
               "device": str(device),
               "train_seconds": round(seconds, 1), "train_tokens_per_s": round(tokens / seconds),
-              "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+              "first_loss": losses[0] if losses else None,
+              "final_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
               "monitor_curve": curve, "curriculum_start": args.curriculum_start or None,
               "lr_schedule": args.lr_schedule, "state_passing": args.state_passing,
               "init": args.init, "lr_after": args.lr_after, "batch_after": args.batch_after}  # fmt: skip
@@ -310,7 +311,7 @@ def parse_args(argv=None):
     p.add_argument("--vocab", type=int, default=16)
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--n-layer", type=int, default=2)
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=4000, help="training steps; 0: only evaluate the --init model")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
@@ -349,6 +350,8 @@ def parse_args(argv=None):
     args.lr_after, args.batch_after = sorted(args.lr_after), sorted(args.batch_after)
     if args.length is None:
         args.length = 4096 if args.task == "copying" else 256
+    if args.steps == 0 and not args.init:
+        p.error("--steps 0 only evaluates a saved model: give it with --init")
     if args.task == "copying" and 0 < args.curriculum_start < args.n_tokens:
         p.error(f"--curriculum-start {args.curriculum_start} is shorter than --n-tokens {args.n_tokens}")
     if args.eval_lengths is None:

@@ -253,3 +253,20 @@ def test_adam_eps_reaches_the_optimiser(tmp_path):
     a, b, c = (MambaLM.from_pretrained(runs[eps]["model"]).state_dict() for eps in ("1e6", "1e9", "1e-8"))
     assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
     assert not all(torch.allclose(a[k], c[k], atol=1e-4) for k in a)
+
+
+def test_steps_0_evaluates_the_init_model_as_trained(tmp_path):
+    """--steps 0 --init M scores the saved model on the same test sets, unchanged; without --init it
+    is a usage error."""
+    common = ["induction", "--length", "16", "--vocab", "6", "--d-model", "16", "--batch", "8", "--eval-size", "16",
+              "--eval-lengths", "16", "64", "--device", "cpu", "--lr", "1e-2", "--warmup", "1"]  # fmt: skip
+    trained = main([*common, "--steps", "5", "--out", str(tmp_path / "a")])
+    again = main([*common, "--steps", "0", "--init", trained["model"], "--out", str(tmp_path / "b")])
+    assert again["steps"] == 0 and again["final_loss"] is None
+    assert again["accuracy_by_length"] == trained["accuracy_by_length"]
+    a = MambaLM.from_pretrained(trained["model"]).state_dict()
+    b = MambaLM.from_pretrained(again["model"]).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["induction", "--steps", "0"])
+    assert exit_.value.code == 2
