@@ -188,7 +188,7 @@ def train(args) -> dict:
     model.eval()
     losses = torch.stack(losses).float().tolist() if losses else []  # waits for the last step
     seconds = max(time.time() - start, 1e-9)
-    result = {"task": args.task, "mixer": args.mixer, "steps": len(losses), "max_steps": args.steps,
+    result = {"task": args.task, "mixer": args.mixer, "seed": args.seed, "steps": len(losses), "max_steps": args.steps,
               "train_length": args.length, "batch": args.batch, "lr": args.lr, "weight_decay": args.weight_decay,
               "adam_eps": args.adam_eps,
               "device": str(device),
