@@ -176,12 +176,12 @@ def _lane_block(group_dim: int) -> int:
     return max(k for k in (1, 2, 4, 8, 16, 32) if group_dim % k == 0)
 
 
-def _seg_chunks(programs: int, slots: int, n_chunks: int, full: float | None = None, waves: float | None = None) -> int:
+def _seg_chunks(programs: int, slots: int, n_chunks: int, full: float, waves: float) -> int:
     """Chunks per segment for a launch of `programs` programs (per segment) on `slots` resident ones:
-    one segment from `full` of the slots up, else enough for `waves` waves (FULL, SEG_WAVES by default)."""
-    if programs >= (FULL if full is None else full) * slots:
+    one segment from `full` of the slots up, else enough for `waves` waves."""
+    if programs >= full * slots:
         return n_chunks
-    n_seg = min(n_chunks, triton.cdiv(int((SEG_WAVES if waves is None else waves) * slots), programs))
+    n_seg = min(n_chunks, triton.cdiv(int(waves * slots), programs))
     # a multiple of SEG_COARSEN chunks, so the segment kernels can step that many at once
     return triton.cdiv(triton.cdiv(n_chunks, n_seg), SEG_COARSEN) * SEG_COARSEN
 
@@ -218,7 +218,7 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
         fwd_block,
         _seg_chunks(rows // fwd_block, fwd_slots, n_chunks, FWD_FULL, FWD_SEG_WAVES),
         bwd_block,
-        _seg_chunks(rows // bwd_block, bwd_slots, n_chunks),
+        _seg_chunks(rows // bwd_block, bwd_slots, n_chunks, FULL, SEG_WAVES),
     )
 
 
@@ -467,7 +467,8 @@ def _scan_bwd(
     step = BWD_KERNEL == "seq" and T % 4 == 0 and B.dim() > 2 and C.dim() > 2 and _one_per_lane(step_dk, u.is_cuda)
     cps = plan.bwd_seg_chunks
     if step and u.is_cuda:  # its own programs (a channel per lane) set its segments
-        cps = _seg_chunks(batch * dim // step_dk, BWD_SEQ_SLOTS_PER_SM * _sm_count(dev.index or 0), n_chunks)
+        slots = BWD_SEQ_SLOTS_PER_SM * _sm_count(dev.index or 0)
+        cps = _seg_chunks(batch * dim // step_dk, slots, n_chunks, FULL, SEG_WAVES)
     n_seg = max(1, triton.cdiv(n_chunks, cps))
     keep = _keep_factor(seq_idx, acc)
     flags = dict(
