@@ -153,7 +153,7 @@ def train(args) -> dict:
     )
     data_gen = torch.Generator().manual_seed(args.seed)
     bf16_eval = {"auto": None, "bf16": True, "fp32": False}[args.eval_precision]
-    losses, curve, tokens, start, cache = [], [], 0, time.time(), None
+    losses, curve, long_curve, tokens, start, cache = [], [], {}, 0, time.time(), None
     for step in range(args.steps):
         batch = scheduled(args.batch_after, step, args.batch)
         ids, targets = _to_device(make(batch, data_gen, length=train_length(args, step)), device)
@@ -178,6 +178,10 @@ def train(args) -> dict:
             # a monitor set at the training length with its own seed, disjoint from the test sets
             monitor = fixed_set(make, args.monitor_size, args.batch, args.seed + 20_000, device)
             curve.append((step + 1, accuracy(model, monitor, bf16_eval)))
+            for length in args.monitor_lengths:  # how far the model generalises, as it trains
+                longer = fixed_set(make, args.monitor_size, _eval_batch(args, length), args.seed + 20_000, device,
+                                   length=length)  # fmt: skip
+                long_curve.setdefault(str(length), []).append((step + 1, accuracy(model, longer, bf16_eval)))
             model.train()
             print(f"step {step + 1:6d}  monitor accuracy {curve[-1][1]:.4f}", file=sys.stderr)
             if curve[-1][1] >= args.target_accuracy:  # learnt (the monitor set is not the test set)
@@ -195,7 +199,8 @@ def train(args) -> dict:
               "train_seconds": round(seconds, 1), "train_tokens_per_s": round(tokens / seconds),
               "first_loss": losses[0] if losses else None,
               "final_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
-              "monitor_curve": curve, "curriculum_start": args.curriculum_start or None,
+              "monitor_curve": curve, "monitor_curve_by_length": long_curve,
+              "curriculum_start": args.curriculum_start or None,
               "lr_schedule": args.lr_schedule, "state_passing": args.state_passing,
               "init": args.init, "lr_after": args.lr_after, "batch_after": args.batch_after}  # fmt: skip
     if args.out:  # the trained model, to evaluate again or continue (--init)
@@ -204,9 +209,7 @@ def train(args) -> dict:
     test_seed = args.seed + 10_000  # fixed, disjoint from training
     per_length = {}
     for length in args.eval_lengths:
-        # long sequences: fewer per batch, the same number of evaluated sequences
-        batch = max(1, min(args.batch, args.eval_tokens_per_batch // length))
-        test_set = fixed_set(make, args.eval_size, batch, test_seed, device, length=length)
+        test_set = fixed_set(make, args.eval_size, _eval_batch(args, length), test_seed, device, length=length)
         per_length[str(length)] = accuracy(model, test_set, bf16=bf16_eval)
         print(f"eval length {length}: accuracy {per_length[str(length)]:.4f}", file=sys.stderr)
     result["accuracy_by_length"] = per_length
@@ -215,6 +218,11 @@ def train(args) -> dict:
     elif args.out:
         result["plot"] = str(_plot(per_length, Path(args.out), args.length))
     return result
+
+
+def _eval_batch(args, length: int) -> int:
+    """Sequences per evaluation batch at `length`: long ones fewer per batch, the same number in all."""
+    return max(1, min(args.batch, args.eval_tokens_per_batch // length))
 
 
 def lr_factor(args, step: int, elapsed: float) -> float:
@@ -328,6 +336,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-size", type=int, default=512, help="sequences in each fixed evaluation set")
     p.add_argument("--eval-every", type=int, default=0, help="steps between monitor evaluations (0: none)")
     p.add_argument("--monitor-size", type=int, default=256, help="sequences in the monitor set (training length)")
+    p.add_argument("--monitor-lengths", type=int, nargs="+", default=[],
+                   help="also score monitor sets of these lengths at each --eval-every (not for stopping)")  # fmt: skip
     p.add_argument("--target-accuracy", type=float, default=1.01, help="stop when the monitor accuracy reaches it")
     p.add_argument("--time-budget", type=float, default=0,
                    help="stop training after this many seconds, the cosine ending there (0: none)")  # fmt: skip

@@ -11,6 +11,8 @@ from core.models import MambaConfig, MambaLM
 from pipelines.synthetic import (
     IGNORE,
     _forward,
+    accuracy,
+    fixed_set,
     induction_batch,
     init_dt_bias,
     lr_factor,
@@ -270,3 +272,21 @@ def test_steps_0_evaluates_the_init_model_as_trained(tmp_path):
     with pytest.raises(SystemExit) as exit_:
         parse_args(["induction", "--steps", "0"])
     assert exit_.value.code == 2
+
+
+def test_monitor_lengths_follow_longer_sets_as_the_model_trains(tmp_path):
+    """--monitor-lengths scores monitor sets of other lengths at every --eval-every: one point per
+    evaluation and length, and the last is the saved model's accuracy on that length's monitor set."""
+    result = main(["induction", "--length", "16", "--vocab", "6", "--d-model", "16", "--batch", "8",
+                   "--steps", "6", "--eval-every", "3", "--monitor-size", "12", "--monitor-lengths", "32", "64",
+                   "--eval-size", "8", "--eval-lengths", "16", "--eval-tokens-per-batch", "128", "--lr", "1e-2",
+                   "--warmup", "1", "--device", "cpu", "--seed", "4", "--out", str(tmp_path)])  # fmt: skip
+    curves = result["monitor_curve_by_length"]
+    assert set(curves) == {"32", "64"}
+    assert all([step for step, _ in curve] == [3, 6] for curve in curves.values())
+    model = MambaLM.from_pretrained(result["model"]).eval()
+    for length in (32, 64):
+        per_batch = min(8, 128 // length)  # as the run batches them (--eval-tokens-per-batch)
+        monitor = fixed_set(lambda n, g, length: induction_batch(n, length, 6, g), 12, per_batch, 4 + 20_000, "cpu",
+                            length=length)  # fmt: skip
+        assert curves[str(length)][-1][1] == pytest.approx(accuracy(model, monitor, bf16=False))
