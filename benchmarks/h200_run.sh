@@ -79,7 +79,7 @@ stage_synthetic() {
         --eval-lengths 1024 --device cuda"
     local I="--curriculum-start 32 --curriculum-steps 100 --lr 4e-3 --warmup 50 --lr-schedule constant --weight-decay 0
         --steps ${IND_STEPS:-1000} --eval-every ${IND_EVERY:-500} --monitor-size 256 --eval-size 256 --eval-precision fp32
-        --device cuda ${IND_BUDGET:+--time-budget $IND_BUDGET} ${IND_MONITOR:+--monitor-lengths $IND_MONITOR}"
+        --eval-tokens-per-batch 1048576 --device cuda ${IND_BUDGET:+--time-budget $IND_BUDGET} ${IND_MONITOR:+--monitor-lengths $IND_MONITOR}"
     if [ "${SYN_COPY:-1}" = 1 ]; then
         for mixer in mamba lti_complex; do
             python3 -m pipelines.synthetic copying --mixer $mixer $C --out /tmp/syn/copy_$mixer \
@@ -87,14 +87,15 @@ stage_synthetic() {
         done
     fi
     # the induction grid: batches x seeds x Adam epsilons x rate changes (IND_LR_AFTER: "-" for none,
-    # or STEP:LR). Session 6's run: SYN_COPY=0 IND_BATCHES=64 IND_SEEDS="0 1 2 3" IND_EPS=1e-15
-    # IND_LR_AFTER="- 1000:1e-3" IND_STEPS=20000 IND_BUDGET=330 IND_EVERY=1000 IND_MONITOR="16384 65536"
+    # or STEP:LR[,STEP:LR...]). Session 6's first run: SYN_COPY=0 IND_BATCHES=64 IND_SEEDS="0 1 2 3"
+    # IND_EPS=1e-15 IND_LR_AFTER="- 1000:1e-3" IND_STEPS=20000 IND_BUDGET=330 IND_EVERY=1000
+    # IND_MONITOR="16384 65536". Eight jobs evaluating 4M-token batches ran out of GPU memory: 1M here.
     for batch in ${IND_BATCHES:-64 256}; do
         for seed in ${IND_SEEDS:-0 1 2}; do
             for eps in ${IND_EPS:-1e-8}; do
                 for after in ${IND_LR_AFTER:--}; do
                     local name=ind_b${batch}_s${seed}_e$eps extra=""
-                    if [ "$after" != - ]; then name=${name}_after${after/:/_}; extra="--lr-after $after"; fi
+                    if [ "$after" != - ]; then name=${name}_after${after//[:,]/_}; extra="--lr-after ${after//,/ }"; fi
                     python3 -m pipelines.synthetic induction --seed $seed --batch $batch --adam-eps $eps $I $extra \
                         --out /tmp/syn/$name >/tmp/syn/$name.json 2>/tmp/syn/$name.log &
                 done
