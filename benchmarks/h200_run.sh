@@ -64,12 +64,12 @@ stage_audio() {
 }
 
 # issue 6: eight jobs share the GPU (each is launch-bound at d_model 64); accuracy, not speed, is measured.
-# The recipe from the CPU study (benchmarks/results/README.md, sessions 3 and 4): a length curriculum
-# from 32 (copying 500 steps per doubling to 4096, induction 100 to 256); copying's cosine ends at the
-# time budget; induction trains as the paper does (app. E.1: Adam without weight decay, a constant
-# rate) for the 1,000 steps tested on CPU (2,000 generalised worse), three seeds at batch 64 and 256,
-# evaluated from 2^6 to 2^20 in float32. Eight jobs at once on 16 cores: 2 CPU threads each, not
-# torch's default of one per core each.
+# A length curriculum from 32 (copying 500 steps per doubling to 4096, induction 100 to 256);
+# copying's cosine ends at the time budget; induction trains as the paper does (app. E.1: Adam
+# without weight decay, a constant rate), long enough for its dt to close on noise tokens (session 6:
+# Adam's epsilon 1e-15, 17,000 steps), eight seeds, evaluated from 2^6 to 2^20 in float32, with a
+# 65,536-token monitor set every 1,000 steps. Eight jobs at once on 16 cores: 2 CPU threads each, not
+# torch's default of one per core each. About 5.5 minutes with SYN_COPY=0.
 stage_synthetic() {
     local budget=${SYN_BUDGET:-400}
     local -x OMP_NUM_THREADS=2
@@ -78,8 +78,8 @@ stage_synthetic() {
         --time-budget $budget --eval-every 250 --monitor-size 256 --target-accuracy 0.995 --eval-size 1024
         --eval-lengths 1024 --device cuda"
     local I="--curriculum-start 32 --curriculum-steps 100 --lr 4e-3 --warmup 50 --lr-schedule constant --weight-decay 0
-        --steps ${IND_STEPS:-1000} --eval-every ${IND_EVERY:-500} --monitor-size 256 --eval-size 256 --eval-precision fp32
-        --eval-tokens-per-batch 1048576 --device cuda ${IND_BUDGET:+--time-budget $IND_BUDGET} ${IND_MONITOR:+--monitor-lengths $IND_MONITOR}"
+        --steps ${IND_STEPS:-17000} --eval-every ${IND_EVERY:-1000} --monitor-size 256 --eval-size 256 --eval-precision fp32
+        --eval-tokens-per-batch 1048576 --device cuda ${IND_BUDGET:+--time-budget $IND_BUDGET} --monitor-lengths ${IND_MONITOR:-65536}"
     if [ "${SYN_COPY:-1}" = 1 ]; then
         for mixer in mamba lti_complex; do
             python3 -m pipelines.synthetic copying --mixer $mixer $C --out /tmp/syn/copy_$mixer \
@@ -87,15 +87,18 @@ stage_synthetic() {
         done
     fi
     # the induction grid: batches x seeds x Adam epsilons x rate changes (IND_LR_AFTER: "-" for none,
-    # or STEP:LR[,STEP:LR...]). Session 6's first run: SYN_COPY=0 IND_BATCHES=64 IND_SEEDS="0 1 2 3"
-    # IND_EPS=1e-15 IND_LR_AFTER="- 1000:1e-3" IND_STEPS=20000 IND_BUDGET=330 IND_EVERY=1000
-    # IND_MONITOR="16384 65536". Eight jobs evaluating 4M-token batches ran out of GPU memory: 1M here.
-    for batch in ${IND_BATCHES:-64 256}; do
-        for seed in ${IND_SEEDS:-0 1 2}; do
-            for eps in ${IND_EPS:-1e-8}; do
-                for after in ${IND_LR_AFTER:--}; do
+    # or STEP:LR[,STEP:LR...]). The defaults are session 6's recipe (benchmarks/results/README.md):
+    # 17,000 steps at 4e-3, 1e-3 from step 16,000, Adam's epsilon 1e-15. Jobs evaluate 1M-token
+    # batches: eight evaluating 4M-token ones ran out of GPU memory.
+    local names=()
+    for batch in ${IND_BATCHES:-64}; do
+        for seed in ${IND_SEEDS:-0 1 2 3 4 5 6 7}; do
+            for eps in ${IND_EPS:-1e-15}; do
+                for after in ${IND_LR_AFTER:-16000:1e-3}; do
                     local name=ind_b${batch}_s${seed}_e$eps extra=""
                     if [ "$after" != - ]; then name=${name}_after${after//[:,]/_}; extra="--lr-after ${after//,/ }"; fi
+                    rm -rf /tmp/syn/$name /tmp/syn/$name.json
+                    names+=("$name")
                     python3 -m pipelines.synthetic induction --seed $seed --batch $batch --adam-eps $eps $I $extra \
                         --out /tmp/syn/$name >/tmp/syn/$name.json 2>/tmp/syn/$name.log &
                 done
@@ -103,10 +106,16 @@ stage_synthetic() {
         done
     done
     wait
-    cat /tmp/syn/*.json >"$OUT/synthetic.jsonl"
-    tail -n 4 /tmp/syn/*.log >"$OUT/synthetic.log"
-    cp "$(ls -d /tmp/syn/ind_* | head -n 1)/induction_accuracy.png" "$OUT/" 2>/dev/null
-    (cd /tmp/syn && tar czf "$OUT/induction_models.tgz" ind_*/model ind_*/result.json 2>/dev/null)
+    # this run's results only (a warm machine keeps earlier runs' files in /tmp/syn)
+    : >"$OUT/synthetic.jsonl"
+    : >"$OUT/synthetic.log"
+    if [ "${SYN_COPY:-1}" = 1 ]; then names+=(copy_mamba copy_lti_complex); fi
+    for name in "${names[@]}"; do
+        cat /tmp/syn/$name.json >>"$OUT/synthetic.jsonl"
+        { echo "== $name"; tail -n 4 /tmp/syn/$name.log; } >>"$OUT/synthetic.log"
+    done
+    python3 benchmarks/plot_induction.py "$OUT/synthetic.jsonl" --out "$OUT/induction_accuracy.png"
+    (cd /tmp/syn && tar czf "$OUT/induction_models.tgz" $(printf "%s/model " "${names[@]}") 2>/dev/null)
     cat "$OUT/synthetic.jsonl"
 }
 

@@ -216,7 +216,7 @@ def train(args) -> dict:
     if args.task == "copying":  # the test set at the context length trained for
         result["accuracy"] = per_length[str(args.length)]
     elif args.out:
-        result["plot"] = str(_plot(per_length, Path(args.out), args.length))
+        result["plot"] = str(_plot({f"seed {args.seed}": per_length}, Path(args.out), args.length))
     return result
 
 
@@ -287,22 +287,25 @@ def train_length(args, step: int) -> int:
     return min(args.length, args.curriculum_start * 2 ** (step // args.curriculum_steps))
 
 
-def _plot(per_length: dict, out: Path, train_length: int) -> Path:
+def _plot(curves: dict, out: Path, train_length: int, name: str = "induction_accuracy.png") -> Path:
+    """Accuracy against test length, one line per entry of `curves` ({label: {length: accuracy}})."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    lengths = [int(k) for k in per_length]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(lengths, [100 * v for v in per_length.values()], "o-")
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    colors = plt.cm.tab20.colors if len(curves) > 10 else plt.cm.tab10.colors  # one colour per run
+    for (label, per_length), color in zip(curves.items(), colors * len(curves)):
+        ax.plot([int(k) for k in per_length], [100 * v for v in per_length.values()], "o-", ms=3, lw=1,
+                color=color, label=label)  # fmt: skip
     ax.axvline(train_length, color="gray", ls="--", lw=1, label=f"train length {train_length}")
     ax.set(xscale="log", xlabel="test sequence length", ylabel="accuracy (%)", ylim=(0, 102),
            title="Induction heads: length generalisation")  # fmt: skip
-    ax.legend()
+    ax.legend(fontsize=6, ncol=2 if len(curves) > 6 else 1, loc="lower left")
     fig.tight_layout()
-    path = out / "induction_accuracy.png"
+    path = out / name
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

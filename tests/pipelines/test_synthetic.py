@@ -1,5 +1,6 @@
 """The synthetic tasks: generators put the answer where it belongs, and a tiny model learns on CPU."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from pipelines.synthetic import (
     selective_copying_batch,
     train_length,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_copying_answer_is_the_scattered_tokens_in_order():
@@ -290,3 +293,34 @@ def test_monitor_lengths_follow_longer_sets_as_the_model_trains(tmp_path):
         monitor = fixed_set(lambda n, g, length: induction_batch(n, length, 6, g), 12, per_batch, 4 + 20_000, "cpu",
                             length=length)  # fmt: skip
         assert curves[str(length)][-1][1] == pytest.approx(accuracy(model, monitor, bf16=False))
+
+
+def _plot_induction():
+    spec = importlib.util.spec_from_file_location("plot_induction", ROOT / "benchmarks" / "plot_induction.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plot_induction_draws_every_induction_run_and_names_a_file_without_any(tmp_path):
+    """benchmarks/plot_induction.py: one line per induction result (copying lines skipped); a file
+    without induction results is an error naming it, and writes no PNG."""
+    lines = [
+        {"task": "induction", "seed": 1, "train_length": 256, "accuracy_by_length": {"64": 1.0, "1024": 0.5}},
+        {"task": "induction", "seed": 0, "train_length": 256, "accuracy_by_length": {"64": 1.0, "1024": 1.0}},
+        {"task": "copying", "seed": 0, "accuracy_by_length": {"4096": 0.9}},
+    ]
+    results = tmp_path / "runs.jsonl"
+    results.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    drawn = {}
+    plot = _plot_induction()
+    real = plot._plot
+    plot._plot = lambda curves, *a, **k: drawn.update(curves) or real(curves, *a, **k)
+    out = plot.main([str(results), "--out", str(tmp_path / "acc.png")])
+    assert out == tmp_path / "acc.png" and out.stat().st_size > 1000
+    assert drawn == {"seed 0": lines[1]["accuracy_by_length"], "seed 1": lines[0]["accuracy_by_length"]}
+    copying_only = tmp_path / "copying.jsonl"
+    copying_only.write_text(json.dumps(lines[2]) + "\n")
+    with pytest.raises(SystemExit, match="copying.jsonl holds no induction result"):
+        plot.main([str(copying_only), "--out", str(tmp_path / "none.png")])
+    assert not (tmp_path / "none.png").exists()
