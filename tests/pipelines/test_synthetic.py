@@ -295,8 +295,8 @@ def test_monitor_lengths_follow_longer_sets_as_the_model_trains(tmp_path):
         assert curves[str(length)][-1][1] == pytest.approx(accuracy(model, monitor, bf16=False))
 
 
-def _plot_induction():
-    spec = importlib.util.spec_from_file_location("plot_induction", ROOT / "benchmarks" / "plot_induction.py")
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -313,7 +313,7 @@ def test_plot_induction_draws_every_induction_run_and_names_a_file_without_any(t
     results = tmp_path / "runs.jsonl"
     results.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     drawn = {}
-    plot = _plot_induction()
+    plot = _load_benchmark("plot_induction")
     real = plot._plot
     plot._plot = lambda curves, *a, **k: drawn.update(curves) or real(curves, *a, **k)
     out = plot.main([str(results), "--out", str(tmp_path / "acc.png")])
@@ -324,3 +324,30 @@ def test_plot_induction_draws_every_induction_run_and_names_a_file_without_any(t
     with pytest.raises(SystemExit, match="copying.jsonl holds no induction result"):
         plot.main([str(copying_only), "--out", str(tmp_path / "none.png")])
     assert not (tmp_path / "none.png").exists()
+
+
+def test_induction_memory_finds_the_channel_that_never_forgets(tmp_path, capsys):
+    """benchmarks/induction_memory.py reads dt at each scan: a layer-2 channel whose dt is ~1e-13
+    whatever the input keeps its states over 65,536 noise steps (retention ~1) and ranks first; one
+    at dt ~5 keeps nothing. The model's own forward is unchanged by the recording."""
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=6)).eval()
+    mixer = model.backbone.layers[1].mixer
+    with torch.no_grad():
+        mixer.dt_proj.weight[:2].zero_()
+        mixer.dt_proj.bias[0] = -30.0  # softplus: ~1e-13
+        mixer.dt_proj.bias[1] = 5.0
+    model.save_pretrained(tmp_path / "model")
+    memory = _load_benchmark("induction_memory")
+    ids, _ = induction_batch(2, 64, 6, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(ids)
+        with memory.scan_inputs() as calls:
+            during = model(ids)
+    assert len(calls) == 2 and torch.equal(before, during)
+    result = memory.main([str(tmp_path / "model"), "--length", "256", "--batch", "2", "--top", "128"])
+    layer2 = {c["channel"]: c for c in result["layers"][1]["channels"]}
+    assert result["layers"][1]["channels"][0]["channel"] == 0
+    assert layer2[0]["retention_65536"] > 0.999 and layer2[0]["dt_noise_median"] < 1e-12
+    assert layer2[1]["retention_65536"] < 1e-6
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
