@@ -42,6 +42,7 @@ SETTINGS = (
     "CHUNK",
     "NUM_WARPS",
     "BWD_NUM_WARPS",
+    "LANE_WARPS",
     "FWD_SLOTS_PER_SM",
     "BWD_SLOTS_PER_SM",
     "FULL",

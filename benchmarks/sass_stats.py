@@ -164,22 +164,23 @@ def main(argv=None):
     plan = ts.plan_scan(batch, dim, length, 16, dim, True, n_sm=132)
     common = dict(T=plan.chunk, NP=16, B_CONST=False, C_CONST=False, HAS_D=True, HAS_Z=True, HAS_BIAS=True,
                   SOFTPLUS=True, HAS_H0=False, HAS_SEQ=False, IS_F64=False)  # fmt: skip
+    lane = {**common, "DK": 32 * ts.LANE_WARPS, "FAST_EXP": True}  # the one-channel-per-lane kernels
     runs = []
     if args.kernel in ("fwd", "both"):
         runs.append(("fwd", ts._selective_scan_fwd_kernel, {**common, "DK": plan.fwd_block}, ts.NUM_WARPS))
     if args.kernel == "seg":
         runs.append(("seg", ts._segment_state_fwd_kernel, {**common, "DK": plan.fwd_block, "T": 4 * plan.chunk}, 1))
     if args.kernel == "segseq":
-        runs.append(("segseq", ts._segment_state_fwd_seq_kernel, {**common, "DK": 32, "FAST_EXP": True}, 1))
+        runs.append(("segseq", ts._segment_state_fwd_seq_kernel, lane, ts.LANE_WARPS))
     if args.kernel == "segbwd":
         seg = {**common, "DK": plan.bwd_block, "T": 4 * plan.chunk}
         runs.append(("segbwd", ts._segment_state_bwd_kernel, seg, ts.BWD_NUM_WARPS))
     if args.kernel == "segbwdseq":
-        runs.append(("segbwdseq", ts._segment_state_bwd_seq_kernel, {**common, "DK": 32, "FAST_EXP": True}, 1))
+        runs.append(("segbwdseq", ts._segment_state_bwd_seq_kernel, lane, ts.LANE_WARPS))
     if args.kernel == "bwdseq":
-        runs.append(("bwdseq", ts._selective_scan_bwd_seq_kernel, {**common, "DK": 32, "FAST_EXP": True}, 1))
+        runs.append(("bwdseq", ts._selective_scan_bwd_seq_kernel, lane, ts.LANE_WARPS))
     if args.kernel == "fwdseq":
-        runs.append(("fwdseq", ts._selective_scan_fwd_seq_kernel, {**common, "DK": 32, "FAST_EXP": True}, ts.NUM_WARPS))
+        runs.append(("fwdseq", ts._selective_scan_fwd_seq_kernel, lane, ts.LANE_WARPS))
     if args.kernel in ("bwd", "both"):
         bwd = {**common, "DK": plan.bwd_block, "FAST_EXP": True, "RUN": ts.BWD_LOAD_RUN}
         runs.append(("bwd", ts._selective_scan_bwd_kernel, bwd, ts.BWD_NUM_WARPS))

@@ -82,6 +82,12 @@ from .triton_scan_fwd import (
 CHUNK = 32
 NUM_WARPS = 1  # forward, segment and state-passing kernels
 BWD_NUM_WARPS = 1
+# Warps per program of the one-channel-per-lane (step-by-step) kernels: a program holds
+# 32 x LANE_WARPS channels, a thread each. More warps per program share each B/C row load among
+# more channels (one broadcast per SM instead of per warp, if the warps run in step) at the cost of
+# fewer, larger programs; Nsight Compute found the step forward waiting on L1/L2 (session 4). The
+# SASS of a thread is the same for 1 or 2 (sm_90). Untimed: a knob for benchmarks/gpu_scan.py --sweep.
+LANE_WARPS = 1
 # dB/dC partial buffers (one slice per channel block) may hold at most this many floats each;
 # past it, channel blocks grow (fewer slices) and segments supply the parallelism instead.
 PARTIAL_BUDGET = 1 << 27
@@ -171,9 +177,10 @@ def _divisors(n: int) -> list[int]:
 
 
 def _lane_block(group_dim: int) -> int:
-    """Channels per program of the one-channel-per-lane kernels: the largest power of two <= 32
-    dividing group_dim (a program stays inside one B/C group); see _one_per_lane for where they run."""
-    return max(k for k in (1, 2, 4, 8, 16, 32) if group_dim % k == 0)
+    """Channels per program of the one-channel-per-lane kernels: the largest power of two <= 32 x
+    LANE_WARPS dividing group_dim (a program stays inside one B/C group); see _one_per_lane for where
+    they run."""
+    return max(k for k in (2**i for i in range(11)) if k <= 32 * LANE_WARPS and group_dim % k == 0)
 
 
 def _seg_chunks(programs: int, slots: int, n_chunks: int, full: float, waves: float) -> int:
@@ -196,8 +203,9 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
     divs = _divisors(part_dim)
 
     if FWD_KERNEL == "seq":
-        # one channel per lane of the one warp: the largest power of two dividing part_dim, <= 32
-        fwd_slots = FWD_SEQ_SLOTS_PER_SM * n_sm
+        # one channel per lane: the largest power of two dividing part_dim, <= 32 x LANE_WARPS;
+        # FWD_SEQ_SLOTS_PER_SM counts warps
+        fwd_slots = FWD_SEQ_SLOTS_PER_SM // LANE_WARPS * n_sm
         fwd_block = _lane_block(part_dim)
     else:
         # a few channels per program share the B/C tiles
@@ -271,10 +279,10 @@ def _keep_factor(seq_idx: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor
 
 def _one_per_lane(channels: int, on_gpu: bool) -> bool:
     """Whether the step-by-step kernels (one channel per lane, 8-step blocks) may run a program of
-    `channels` channels: on the GPU only with every lane its own channel (with fewer channels lanes
-    repeat them, and compiled that way they gave wrong results on an H200); in the interpreter, which
-    computes those right, from 8 so CI covers masks and partial blocks at tiny dims."""
-    return channels == 32 * NUM_WARPS if on_gpu else channels >= 8
+    `channels` channels: on the GPU only with every lane of its LANE_WARPS warps its own channel (with
+    fewer channels lanes repeat them, and compiled that way they gave wrong results on an H200); in
+    the interpreter, which computes those right, from 8 so CI covers masks and partial blocks at tiny dims."""
+    return channels == 32 * LANE_WARPS if on_gpu else channels >= 8
 
 
 def _seq_segments_ok(packed: bool, u: torch.Tensor) -> bool:
@@ -353,7 +361,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         if step and FWD_SEG_KERNEL == "seq" and _seq_segments_ok(flags["HAS_SEQ"], u):
             _segment_state_fwd_seq_kernel[seg_grid](
                 u, delta, A, Bk, bias, keep, P, S, dim, length, d_state, n_chunks, cps, n_seg, bgd, bg,
-                n_chunks * T, 0, DK=DK, T=T, NP=NP, FAST_EXP=fast_exp, num_warps=NUM_WARPS, **flags,
+                n_chunks * T, 0, DK=DK, T=T, NP=NP, FAST_EXP=fast_exp, num_warps=LANE_WARPS, **flags,
             )  # fmt: skip
         else:
             _segment_state_fwd_kernel[seg_grid](
@@ -431,7 +439,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         HAS_D=D is not None,
         HAS_Z=z is not None,
         HAS_H0=has_h0,
-        num_warps=NUM_WARPS,
+        num_warps=LANE_WARPS if step else NUM_WARPS,
         **extra,
         **_reg_cap(FWD_MAXNREG, u, batch * (dim // DK) * n_seg, FWD_SLOTS_PER_SM),
         **flags,
@@ -467,7 +475,7 @@ def _scan_bwd(
     step = BWD_KERNEL == "seq" and T % 4 == 0 and B.dim() > 2 and C.dim() > 2 and _one_per_lane(step_dk, u.is_cuda)
     cps = plan.bwd_seg_chunks
     if step and u.is_cuda:  # its own programs (a channel per lane) set its segments
-        slots = BWD_SEQ_SLOTS_PER_SM * _sm_count(dev.index or 0)
+        slots = BWD_SEQ_SLOTS_PER_SM // LANE_WARPS * _sm_count(dev.index or 0)
         cps = _seg_chunks(batch * dim // step_dk, slots, n_chunks, FULL, SEG_WAVES)
     n_seg = max(1, triton.cdiv(n_chunks, cps))
     keep = _keep_factor(seq_idx, acc)
@@ -499,7 +507,7 @@ def _scan_bwd(
             _segment_state_bwd_seq_kernel[(batch, dim // seq_dk, n_seg)](
                 delta, A, Cp, z if z is not None else u, bias, keep, dy, P, Q,
                 dim, length, d_state, n_chunks, cps, n_seg, cgd, cg, padded, 0,
-                DK=seq_dk, T=T, NP=NP, FAST_EXP=u.is_cuda and acc == torch.float32, num_warps=NUM_WARPS, **flags,
+                DK=seq_dk, T=T, NP=NP, FAST_EXP=u.is_cuda and acc == torch.float32, num_warps=LANE_WARPS, **flags,
             )  # fmt: skip
         else:
             _segment_state_bwd_kernel[grid](
@@ -571,7 +579,7 @@ def _scan_bwd(
             dz if dz is not None else du, y if emit_y else du, dB_part, dC_part, dA_part, dD_part, dbias_part,
             scratch, dim, length, d_state, n_chunks, cps, n_seg, bgd, cgd, bg, cg, padded, 0,
             DK=DK, T=T, NP=NP, HAS_D=D is not None, HAS_H0=initial_state is not None, EMIT_Y=emit_y,
-            FAST_EXP=u.is_cuda and acc == torch.float32, num_warps=NUM_WARPS,
+            FAST_EXP=u.is_cuda and acc == torch.float32, num_warps=LANE_WARPS,
             **{k: v for k, v in flags.items() if k != "C_CONST"},
         )  # fmt: skip
     else:

@@ -252,10 +252,31 @@ def test_step_kernels_bf16_and_deterministic(kind, force_plan, monkeypatch):
 def test_step_kernels_need_one_channel_per_lane_on_the_gpu():
     """The rule itself: on the GPU exactly one channel per lane (32 per one-warp program; 4 and 8 gave
     wrong results on an H200), in the interpreter any block from 8."""
-    assert triton_scan._one_per_lane(32 * triton_scan.NUM_WARPS, on_gpu=True)
+    assert triton_scan._one_per_lane(32 * triton_scan.LANE_WARPS, on_gpu=True)
     assert not any(triton_scan._one_per_lane(k, on_gpu=True) for k in (4, 8, 16, 64))
     assert triton_scan._one_per_lane(8, on_gpu=False) and triton_scan._one_per_lane(32, on_gpu=False)
     assert not triton_scan._one_per_lane(4, on_gpu=False)
+
+
+def test_lane_warps_widen_the_step_kernels_programs(monkeypatch):
+    """LANE_WARPS = 2: the step kernels' programs hold 64 channels, one per lane of two warps, and on
+    the GPU only those run them; the forward's plan counts its resident programs in warps."""
+    monkeypatch.setattr(triton_scan, "LANE_WARPS", 2)
+    assert triton_scan._lane_block(2048) == 64 and triton_scan._lane_block(96) == 32
+    assert triton_scan._one_per_lane(64, on_gpu=True) and not triton_scan._one_per_lane(32, on_gpu=True)
+    plan = triton_scan.plan_scan(8, 2048, 4096, 16, 2048, True, 132)
+    assert plan.fwd_block == 64
+    # 256 programs of 2 warps against 8 x 132 resident: segments for FWD_SEG_WAVES waves
+    assert plan.fwd_seg_chunks == triton_scan._seg_chunks(256, 8 * 132, 128, triton_scan.FWD_FULL,
+                                                          triton_scan.FWD_SEG_WAVES)  # fmt: skip
+
+
+def test_lane_warps_2_step_kernels_match_reference(force_plan, monkeypatch):
+    """Values and every gradient with 64-channel step programs: forward, both segment passes and the
+    step backward (which picks its 64-channel blocks itself)."""
+    monkeypatch.setattr(triton_scan, "LANE_WARPS", 2)
+    use_step_kernels(monkeypatch, "seq")
+    check_against_reference((1, 64, 37, 4, 1, "var", {}, ScanPlan(8, 64, 2, 16, 2)), True, force_plan)
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's rule (the GPU's: the test above)")
