@@ -215,7 +215,20 @@ def test_lr_after_and_batch_after_parse_and_switch_at_their_steps():
     lrs = [scheduled(args.lr_after, step, args.lr) for step in (0, 999, 1000, 1999, 2000, 10**6)]
     assert lrs == [4e-3, 4e-3, 1e-3, 1e-3, 5e-4, 5e-4]
     assert [scheduled(args.batch_after, step, args.batch) for step in (999, 1000)] == [64, 8]
-    assert scheduled(parse_args(["induction"]).lr_after, 5, 0.1) == 0.1  # none given: unchanged
+    assert scheduled(parse_args(["copying"]).lr_after, 10**6, 0.1) == 0.1  # none given: unchanged
+
+
+def test_induction_defaults_are_the_measured_recipe_and_flags_override_them():
+    """`induction` with no training flags is the recipe of benchmarks/results/synthetic.json (the
+    README's long command spelled out); given flags win, falsy ones included; copying keeps its own."""
+    recipe = ("--curriculum-start 32 --curriculum-steps 100 --lr 4e-3 --warmup 50 --lr-schedule constant "
+              "--weight-decay 0 --adam-eps 1e-15 --steps 17000 --lr-after 16000:1e-3").split()  # fmt: skip
+    assert vars(parse_args(["induction"])) == vars(parse_args(["induction", *recipe]))
+    changed = parse_args(["induction", "--curriculum-start", "0", "--weight-decay", "0.1", "--lr-after", "5:1e-4"])
+    assert (changed.curriculum_start, changed.weight_decay, changed.lr_after) == (0, 0.1, [(5, 1e-4)])
+    assert changed.adam_eps == 1e-15 and changed.steps == 17000
+    copying = parse_args(["copying"])
+    assert (copying.lr, copying.adam_eps, copying.curriculum_start, copying.lr_after) == (1e-3, 1e-8, 0, [])
 
 
 @pytest.mark.parametrize("bad", ["1000", "x:1e-3", "-1:1e-3", "10:0", "10:abc"])
