@@ -77,9 +77,8 @@ stage_synthetic() {
     local C="--length 4096 --curriculum-start 32 --curriculum-steps 500 --batch 64 --lr 5e-3 --warmup 100 --steps 20000
         --time-budget $budget --eval-every 250 --monitor-size 256 --target-accuracy 0.995 --eval-size 1024
         --eval-lengths 1024 --device cuda"
-    # induction's training defaults are session 6's recipe; IND_* vary it
-    local I="--curriculum-start 32 --curriculum-steps 100 --lr 4e-3 --warmup 50 --lr-schedule constant --weight-decay 0
-        --steps ${IND_STEPS:-17000} --eval-every ${IND_EVERY:-1000} --monitor-size 256 --eval-size 256 --eval-precision fp32
+    # induction trains with its defaults (pipelines/synthetic.py TASK_DEFAULTS: session 6's recipe); IND_* vary it
+    local I="${IND_STEPS:+--steps $IND_STEPS} --eval-every ${IND_EVERY:-1000} --monitor-size 256 --eval-size 256 --eval-precision fp32
         --eval-tokens-per-batch 1048576 --device cuda ${IND_BUDGET:+--time-budget $IND_BUDGET} --monitor-lengths ${IND_MONITOR:-65536}"
     if [ "${SYN_COPY:-1}" = 1 ]; then
         for mixer in mamba lti_complex; do

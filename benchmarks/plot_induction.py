@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.synthetic import _plot
+from pipelines.synthetic import plot_accuracy
 
 
 def main(argv=None) -> Path:
@@ -28,7 +28,7 @@ def main(argv=None) -> Path:
         sys.exit(f"plot_induction: {args.results} holds no induction result with accuracies")
     curves = {f"seed {r['seed']}": r["accuracy_by_length"] for r in sorted(runs, key=lambda r: r["seed"])}
     out = Path(args.out)
-    return _plot(curves, out.parent, runs[0]["train_length"], out.name)
+    return plot_accuracy(curves, out.parent, runs[0]["train_length"], out.name)
 
 
 if __name__ == "__main__":

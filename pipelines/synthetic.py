@@ -226,7 +226,7 @@ def train(args) -> dict:
     if args.task == "copying":  # the test set at the context length trained for
         result["accuracy"] = per_length[str(args.length)]
     elif args.out:
-        result["plot"] = str(_plot({f"seed {args.seed}": per_length}, Path(args.out), args.length))
+        result["plot"] = str(plot_accuracy({f"seed {args.seed}": per_length}, Path(args.out), args.length))
     return result
 
 
@@ -297,7 +297,7 @@ def train_length(args, step: int) -> int:
     return min(args.length, args.curriculum_start * 2 ** (step // args.curriculum_steps))
 
 
-def _plot(curves: dict, out: Path, train_length: int, name: str = "induction_accuracy.png") -> Path:
+def plot_accuracy(curves: dict, out: Path, train_length: int, name: str = "induction_accuracy.png") -> Path:
     """Accuracy against test length, one line per entry of `curves` ({label: {length: accuracy}})."""
     import matplotlib
 
@@ -325,9 +325,9 @@ def _plot(curves: dict, out: Path, train_length: int, name: str = "induction_acc
 # length up to 2^20 on 10 of 14 seeds; benchmarks/results/synthetic.json); copying's are generic, and
 # its measured recipe (README) adds a curriculum and a time budget, which depends on the machine.
 TASK_DEFAULTS = {
-    "copying": dict(steps=4000, lr=1e-3, warmup=100, lr_schedule="cosine", lr_after=[], weight_decay=0.1,
+    "copying": dict(length=4096, steps=4000, lr=1e-3, warmup=100, lr_schedule="cosine", lr_after=[], weight_decay=0.1,
                     adam_eps=1e-8, curriculum_start=0, curriculum_steps=500),
-    "induction": dict(steps=17000, lr=4e-3, warmup=50, lr_schedule="constant", lr_after=[(16000, 1e-3)],
+    "induction": dict(length=256, steps=17000, lr=4e-3, warmup=50, lr_schedule="constant", lr_after=[(16000, 1e-3)],
                       weight_decay=0.0, adam_eps=1e-15, curriculum_start=32, curriculum_steps=100),
 }  # fmt: skip
 
@@ -388,8 +388,6 @@ def parse_args(argv=None):
         if getattr(args, name) is None:
             setattr(args, name, value)
     args.lr_after, args.batch_after = sorted(args.lr_after), sorted(args.batch_after)
-    if args.length is None:
-        args.length = 4096 if args.task == "copying" else 256
     if args.steps == 0 and not args.init:
         p.error("--steps 0 only evaluates a saved model: give it with --init")
     if args.task == "copying" and 0 < args.curriculum_start < args.n_tokens:

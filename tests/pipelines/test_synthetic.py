@@ -327,8 +327,8 @@ def test_plot_induction_draws_every_induction_run_and_names_a_file_without_any(t
     results.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     drawn = {}
     plot = _load_benchmark("plot_induction")
-    real = plot._plot
-    plot._plot = lambda curves, *a, **k: drawn.update(curves) or real(curves, *a, **k)
+    real = plot.plot_accuracy
+    plot.plot_accuracy = lambda curves, *a, **k: drawn.update(curves) or real(curves, *a, **k)
     out = plot.main([str(results), "--out", str(tmp_path / "acc.png")])
     assert out == tmp_path / "acc.png" and out.stat().st_size > 1000
     assert drawn == {"seed 0": lines[1]["accuracy_by_length"], "seed 1": lines[0]["accuracy_by_length"]}
