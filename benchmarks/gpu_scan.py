@@ -21,6 +21,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 
 import torch
 
@@ -59,6 +60,7 @@ SETTINGS = (
     "BWD_KERNEL",
     "BWD_SEG_KERNEL",
     "BWD_LOAD_RUN",
+    "SEG_MAXNREG",
 )  # per (batch, dim, length) element, bf16
 
 
@@ -124,6 +126,71 @@ def time_shape(batch, dim, length, warmup=3, reps=10):
     return fwd_ms, fwdbwd_ms, torch.cuda.max_memory_allocated() / 2**30
 
 
+def profile_shape(batch, dim, length, reps=5) -> str:
+    """CUDA time per kernel over `reps` forward+backward calls (after warm-up), as a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from core.ops import selective_scan
+
+    x = make_inputs(batch, dim, length)
+    leaves = list(x.values())
+    dy = torch.randn(batch, dim, length, device="cuda", dtype=torch.bfloat16)
+
+    def fwdbwd():
+        y = selective_scan(**x, delta_softplus=True, backend="triton")
+        return torch.autograd.grad(y, leaves, dy)
+
+    for _ in range(3):
+        fwdbwd()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fwdbwd()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60)
+
+
+def overhead_shape(batch, dim, length, reps=20) -> dict:
+    """Where the host's time goes: per call, the host time to queue the forward (and forward+backward)
+    while the GPU is busy, and the GPU time alone (events recorded behind a sleeping kernel, so the
+    calls' kernels are already queued when the clock starts). The usual timing minus the GPU time is
+    what the GPU spends waiting for the host."""
+    from core.ops import selective_scan
+
+    x = make_inputs(batch, dim, length)
+    leaves = list(x.values())
+    dy = torch.randn(batch, dim, length, device="cuda", dtype=torch.bfloat16)
+
+    def fwd():
+        with torch.no_grad():
+            return selective_scan(**x, delta_softplus=True, backend="triton")
+
+    def fwdbwd():
+        y = selective_scan(**x, delta_softplus=True, backend="triton")
+        return torch.autograd.grad(y, leaves, dy)
+
+    out = {}
+    for name, fn in (("fwd", fwd), ("fwdbwd", fwdbwd)):
+        for _ in range(3):
+            fn()
+        host, gpu = [], []
+        for _ in range(reps):
+            torch.cuda.synchronize()
+            torch.cuda._sleep(50_000_000)  # ~25 ms of GPU work ahead of the call
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            t0 = time.perf_counter()
+            fn()
+            host.append((time.perf_counter() - t0) * 1e3)
+            end.record()
+            end.synchronize()
+            gpu.append(start.elapsed_time(end))
+        out[f"{name}_host_ms"] = round(statistics.median(host), 3)
+        out[f"{name}_gpu_ms"] = round(statistics.median(gpu), 3)
+        out[f"{name}_timed_ms"] = round(cuda_time_ms(fn), 3)
+    return out
+
+
 def run_sweep(shapes, variants):
     """Time fwd+bwd under a few plans (module settings of core.ops.triton_scan) against the defaults."""
     from core.ops import triton_scan as ts
@@ -170,6 +237,16 @@ def main(argv=None):
     parser.add_argument("--sweep-shapes", default="lm_B8_D2048_L4096,dna_B1_D512_L1M", help="shapes for --sweep")
     parser.add_argument("--set", default="{}", help="JSON dict of core.ops.triton_scan settings to apply first")
     parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="print each shape's host time per call and GPU time alone (see overhead_shape) and stop",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print each shape's forward+backward split by kernel (torch.profiler, CUDA time) and stop",
+    )
+    parser.add_argument(
         "--once",
         action="store_true",
         help="run each shape's forward+backward twice, untimed, and stop: for a profiler (ncu -k ...)",
@@ -182,6 +259,15 @@ def main(argv=None):
     for k, v in json.loads(args.set).items():
         setattr(ts, k, v)
     shapes = {name: ANCHOR["scan"][name] for name in args.shapes.split(",")}
+    if args.overhead:
+        for name, s in shapes.items():
+            print(json.dumps({"shape": name, **overhead_shape(s["batch"], s["dim"], s["length"])}))
+        return
+    if args.profile:
+        for name, s in shapes.items():
+            print(f"== {name}")
+            print(profile_shape(s["batch"], s["dim"], s["length"]))
+        return
     if args.once:
         for s in shapes.values():
             time_shape(s["batch"], s["dim"], s["length"], warmup=1, reps=1)

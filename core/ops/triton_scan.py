@@ -140,6 +140,9 @@ SEG_COARSEN = 4
 # 11.10 / 56.84 ms at 4 x 1536 x 16384 / 1 x 512 x 2^20 against 11.49 / 58.41 (none: 11.51 / 59.20).
 FWD_MAXNREG = None
 BWD_MAXNREG = 168
+# The step-by-step segment kernels: ptxas keeps them (and the step forward) at ~128 registers on its
+# own; a higher cap lets it hoist loads further ahead (255: ~245 registers) at half the resident warps.
+SEG_MAXNREG = None
 # The backward's (N, T) tiles take their layout from the B/C loads, which the compiler vectorises
 # along the steps as far as it can prove them contiguous: 8 bf16 steps a thread put a (16, 32) tile
 # on 8 x 4 lanes, so every per-step vector (softplus, gate, du, ddelta) is computed 8 times over.
@@ -230,6 +233,11 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
     )
 
 
+def _seg_cap(u: torch.Tensor) -> dict:
+    """SEG_MAXNREG as a launch option (GPU only)."""
+    return {"maxnreg": SEG_MAXNREG} if SEG_MAXNREG and u.is_cuda else {}
+
+
 def _reg_cap(maxnreg: int | None, u: torch.Tensor, programs: int, slots_per_sm: int) -> dict:
     """`maxnreg` for a launch of `programs` one-warp programs: only on the GPU (the interpreter
     has no registers) and only when they exceed one wave of `slots_per_sm` per multiprocessor."""
@@ -243,12 +251,26 @@ def _groups(M: torch.Tensor) -> int:
     return 0 if M.dim() == 2 else (1 if M.dim() == 3 else M.shape[1])
 
 
+# the module settings plan_scan reads: part of the plan cache's key, since sweeps change them
+_PLAN_SETTINGS = ("CHUNK", "FWD_KERNEL", "LANE_WARPS", "FWD_SEQ_SLOTS_PER_SM", "FWD_SLOTS_PER_SM", "BWD_SLOTS_PER_SM",
+                  "PARTIAL_BUDGET", "FULL", "FWD_FULL", "FWD_SEG_WAVES", "SEG_WAVES", "SEG_COARSEN")  # fmt: skip
+_plans: dict[tuple, ScanPlan] = {}
+
+
 def _make_plan(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> ScanPlan:
+    """plan_scan for these inputs, remembered: at dim 2048 planning takes ~70 us of Python (divisors),
+    paid before the forward's first kernel and again in the backward (benchmarks/gpu_scan.py --overhead)."""
     batch, dim, length = u.shape
     gb, gc = _groups(B), _groups(C)
     part = math.lcm(max(gb, 1), max(gc, 1))
     n_sm = _sm_count(u.device.index if u.device.index is not None else torch.cuda.current_device()) if u.is_cuda else 4
-    return plan_scan(batch, dim, length, A.shape[1], dim // part, gb > 0 or gc > 0, n_sm)
+    args = (batch, dim, length, A.shape[1], dim // part, gb > 0 or gc > 0, n_sm)
+    g = globals()
+    key = (g["plan_scan"], args, tuple(g[k] for k in _PLAN_SETTINGS))  # plan_scan too: tests replace it
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plans[key] = plan_scan(*args)
+    return plan
 
 
 def _check_runnable(u: torch.Tensor) -> None:
@@ -361,7 +383,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         if step and FWD_SEG_KERNEL == "seq" and _seq_segments_ok(flags["HAS_SEQ"], u):
             _segment_state_fwd_seq_kernel[seg_grid](
                 u, delta, A, Bk, bias, keep, P, S, dim, length, d_state, n_chunks, cps, n_seg, bgd, bg,
-                n_chunks * T, 0, DK=DK, T=T, NP=NP, FAST_EXP=fast_exp, num_warps=LANE_WARPS, **flags,
+                n_chunks * T, 0, DK=DK, T=T, NP=NP, FAST_EXP=fast_exp, num_warps=LANE_WARPS, **_seg_cap(u), **flags,
             )  # fmt: skip
         else:
             _segment_state_fwd_kernel[seg_grid](
@@ -507,7 +529,8 @@ def _scan_bwd(
             _segment_state_bwd_seq_kernel[(batch, dim // seq_dk, n_seg)](
                 delta, A, Cp, z if z is not None else u, bias, keep, dy, P, Q,
                 dim, length, d_state, n_chunks, cps, n_seg, cgd, cg, padded, 0,
-                DK=seq_dk, T=T, NP=NP, FAST_EXP=u.is_cuda and acc == torch.float32, num_warps=LANE_WARPS, **flags,
+                DK=seq_dk, T=T, NP=NP, FAST_EXP=u.is_cuda and acc == torch.float32, num_warps=LANE_WARPS,
+                **_seg_cap(u), **flags,
             )  # fmt: skip
         else:
             _segment_state_bwd_kernel[grid](
