@@ -63,14 +63,14 @@ class _MambaInner(torch.autograd.Function):
     @staticmethod
     def forward(ctx, shape, conv_fn, seq_idx, x_pre, z, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, out_w,
                 out_b):  # fmt: skip
-        from .triton_scan import _selective_scan_fwd_op
+        from .triton_scan import scan_fwd
 
         device = x_pre.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.shape, ctx.conv_fn = shape, conv_fn
         u = _conv_silu(x_pre, conv_w, conv_b, conv_fn)
         delta, B, C = _proj(u, x_proj_w, dt_proj_w, *shape)
-        y, _, E = _selective_scan_fwd_op(
+        y, _, E = scan_fwd(
             u, delta, -torch.exp(A_log.float()), B, C, D.float(), z, dt_bias.float(), None, True, seq_idx
         )
         ctx.save_for_backward(
@@ -81,7 +81,7 @@ class _MambaInner(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         from .triton_conv import causal_conv1d_silu_bwd
-        from .triton_scan import _selective_scan_bwd_op
+        from .triton_scan import scan_bwd
 
         x_pre, z, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, out_w, out_b, E, seq_idx = ctx.saved_tensors
         device, autocast_on, autocast_dtype = ctx.autocast
@@ -104,7 +104,7 @@ class _MambaInner(torch.autograd.Function):
             x_proj_leaf, dt_proj_leaf = (w.detach().requires_grad_(True) for w in (x_proj_w, dt_proj_w))
             delta, B, C = _proj(u, x_proj_leaf, dt_proj_leaf, *ctx.shape)
         A = -torch.exp(A_log.float())
-        du, ddelta, dA, dB, dC, dD, dz, dbias, _, y = _selective_scan_bwd_op(
+        du, ddelta, dA, dB, dC, dD, dz, dbias, _, y = scan_bwd(
             dy.contiguous(), None, u.detach(), delta.detach(), A, B.detach(), C.detach(), D.float(), z,
             dt_bias.float(), None, E, True, seq_idx, True,
         )  # fmt: skip

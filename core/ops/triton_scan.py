@@ -324,6 +324,8 @@ def _padded_bc(M: torch.Tensor, padded_length: int, NP: int, acc: torch.dtype) -
         return M
     grouped = M if M.dim() == 4 else M.unsqueeze(1)
     batch, groups, d_state, length = grouped.shape
+    if padded_length == length and NP == d_state:  # nothing to pad: one copy (host time, see scan_fwd)
+        return grouped.transpose(2, 3).to(acc, memory_format=torch.contiguous_format)
     out = torch.zeros(batch, groups, padded_length, NP, dtype=acc, device=M.device)
     out[:, :, :length, :d_state] = grouped.transpose(2, 3)
     return out
@@ -375,9 +377,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         P = torch.empty(batch, dim, n_seg, d_state, dtype=acc, device=u.device)
         S = torch.empty_like(P)
         # the last segment's end state is the last chunk's E, which the main kernel writes: the
-        # segment pass skips it (at 2 segments that halves its work), and state passing reads zeros
-        P[:, :, -1].zero_()
-        S[:, :, -1].zero_()
+        # segment pass skips it (at 2 segments that halves its work), and state passing does not read it
         seg_grid = (batch, dim // DK, n_seg - 1)
         f = SEG_COARSEN if cps % SEG_COARSEN == 0 else 1
         if step and FWD_SEG_KERNEL == "seq" and _seq_segments_ok(flags["HAS_SEQ"], u):
@@ -740,9 +740,37 @@ def _(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, delta_so
     return [torch.empty_like(t) if t is not None else u.new_empty(0) for t in like]
 
 
+def _eager(u: torch.Tensor) -> bool:
+    """Whether a call may skip the custom ops: plain tensors outside torch.compile. Tracers (dynamo,
+    and AOT autograd tracing the backward with fake or functional tensors) need the ops, which are
+    opaque to them; in eager mode their Python dispatch costs more host time than the kernels'
+    launches, ~0.3 ms a call on the H200 benchmark machine, where the GPU waits for it
+    (benchmarks/gpu_scan.py --overhead)."""
+    return type(u) is torch.Tensor and not torch.compiler.is_compiling()
+
+
+def scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, seq_idx=None):
+    """The forward (y, last_state, E), as the custom op computes it; directly when _eager."""
+    args = (u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, seq_idx)
+    return _scan_fwd(*args) if _eager(u) else _selective_scan_fwd_op(*args)
+
+
+def scan_bwd(
+    dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, delta_softplus, seq_idx=None, emit_y=False
+):
+    """The backward's gradients of u, delta, A, B, C, D, z, delta_bias, initial_state, then y (emit_y),
+    as the custom op computes them; directly when _eager. An absent input's gradient (and y without
+    emit_y) is None, or an empty tensor from the op."""
+    args = (dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, delta_softplus, seq_idx, emit_y)
+    return _scan_bwd(*args) if _eager(u) and _eager(dy) else _selective_scan_bwd_op(*args)
+
+
 def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, seq_idx = inputs
     _, _, E = output
+    # unused outputs send None, not zeros: a zero dE would be a memset of E's size (134 MB at
+    # 8 x 2048 x 4096) for nothing, a zero d last_state the same sums as none
+    ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(E)
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, E, seq_idx)
     ctx.delta_softplus = delta_softplus
@@ -752,15 +780,26 @@ def _backward(ctx, dy, dlast, _dE):
     u, delta, A, B, C, D, z, delta_bias, initial_state, E, seq_idx = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros_like(u)
-    grads = _selective_scan_bwd_op(
-        dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, ctx.delta_softplus, seq_idx
-    )
+    grads = scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, E, ctx.delta_softplus, seq_idx)
     present = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     # no gradient for delta_softplus (a flag) nor seq_idx (integers)
     return (*[g if t is not None else None for g, t in zip(grads, present, strict=False)], None, None)
 
 
 _selective_scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    """The eager path of selective_scan_triton: the custom op's autograd (same context and backward)
+    without its dispatch (see scan_fwd)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):  # with a separate setup_context, apply() would bind defaults (inspect)
+        output = _scan_fwd(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_backward)
 
 
 def selective_scan_triton(
@@ -784,7 +823,6 @@ def selective_scan_triton(
     Returns y (B, D, L) in u's dtype, and with `return_last_state` also last_state (B, D, N) float32.
     Packed sequences: the state restarts from zero where seq_idx changes along the length.
     """
-    y, last, _ = _selective_scan_fwd_op(
-        u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), seq_idx
-    )
+    args = (u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), seq_idx)
+    y, last, _ = _SelectiveScanFn.apply(*args) if _eager(u) else _selective_scan_fwd_op(*args)
     return (y, last) if return_last_state else y

@@ -168,7 +168,9 @@ def _state_passing_kernel(
 ):
     """Chain the segments of one row: h_{s+1} = P_s h_s + S_s, blockwise as a scan over segments.
 
-    Forward: out[s] = state entering segment s (out[0] = init), final = state after the last.
+    Forward: out[s] = state entering segment s (out[0] = init), final = the state entering the last
+    one: the last segment's P and S are never read (the forward's segment pass skips that segment, and
+    nothing needs its end state from here).
     REVERSE (the backward's gradients): out[s] = gradient entering segment s at its end
     (out[-1] = init = d last_state), final = gradient into the first segment's start.
     """
@@ -194,9 +196,10 @@ def _state_passing_kernel(
         s = blk * SB + offs_s
         mask = (s < n_seg)[:, None] & n_mask[None, :]
         offs = (row * n_seg + s[:, None]) * d_state + offs_n[None, :]  # (SB, NP)
-        # padded segments are identities (P = 1, S = 0)
-        P = tl.load(P_ptr + offs, mask=mask, other=1.0)
-        S = tl.load(S_ptr + offs, mask=mask, other=0.0)
+        # padded segments are identities (P = 1, S = 0), as is the forward's last (not computed)
+        ps_mask = mask if REVERSE else mask & (s < n_seg - 1)[:, None]
+        P = tl.load(P_ptr + offs, mask=ps_mask, other=1.0)
+        S = tl.load(S_ptr + offs, mask=ps_mask, other=0.0)
         a_cum, b_cum = tl.associative_scan((P, S), 0, _scan_combine, reverse=REVERSE)
         H = b_cum + a_cum * carry[None, :]
         if not REVERSE:

@@ -168,6 +168,38 @@ def test_last_state_only_and_y_only(force_plan):
     assert torch.is_tensor(y) and y.shape == inputs["u"].shape
 
 
+def test_eager_calls_skip_the_custom_ops_with_the_same_results(force_plan, monkeypatch):
+    """Plain tensors outside torch.compile take the direct path (no op dispatch); it computes what
+    the custom ops (and their registered autograd) compute, bit for bit, including the LM block's
+    helpers scan_fwd / scan_bwd."""
+    force_plan(ScanPlan(8, 2, 2, 2, 2))
+    inputs = make_inputs(2, 4, 30, 4)
+
+    def through_ops(**kw):
+        args = [kw[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")]
+        y, last, _ = triton_scan._selective_scan_fwd_op(*args, kw["delta_softplus"], None)
+        return y, last
+
+    y_op, last_op, grads_op = run(through_ops, inputs, True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an eager call went through the custom op")
+
+    monkeypatch.setattr(triton_scan, "_selective_scan_fwd_op", refuse)
+    monkeypatch.setattr(triton_scan, "_selective_scan_bwd_op", refuse)
+    y, last, grads = run(triton_fn, inputs, True)
+    assert torch.equal(y, y_op) and torch.equal(last, last_op)
+    assert grads.keys() == grads_op.keys()
+    for name in grads:
+        assert torch.equal(grads[name], grads_op[name]), f"d{name} differs from the custom op's"
+    args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")]
+    y2, last2, E = triton_scan.scan_fwd(*args, True)
+    assert torch.equal(y2, y_op) and torch.equal(last2, last_op)
+    dy = torch.ones_like(y2)
+    *_, y_back = triton_scan.scan_bwd(dy, None, *args, E, True, None, True)
+    assert_close(y_back, y_op, torch.float32, "y recomputed by the backward (emit_y)")
+
+
 def test_backward_is_deterministic(force_plan):
     force_plan(ScanPlan(8, 1, 2, 2, 2))
     inputs = make_inputs(2, 4, 30, 4, groups=2)
