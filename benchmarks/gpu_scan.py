@@ -46,6 +46,7 @@ SETTINGS = (
     "LANE_WARPS",
     "FWD_SLOTS_PER_SM",
     "BWD_SLOTS_PER_SM",
+    "BWD_SEG_SLOTS_PER_SM",
     "FULL",
     "FWD_FULL",
     "FWD_SEG_WAVES",
@@ -60,7 +61,6 @@ SETTINGS = (
     "BWD_KERNEL",
     "BWD_SEG_KERNEL",
     "BWD_LOAD_RUN",
-    "SEG_MAXNREG",
 )  # per (batch, dim, length) element, bf16
 
 

@@ -98,6 +98,9 @@ PARTIAL_BUDGET = 1 << 27
 # paid once whatever their number, so once paid, many segments keep the last wave short.
 FWD_SLOTS_PER_SM = 16
 BWD_SLOTS_PER_SM = 8
+# The slots the backward's segments are counted against (None: BWD_SLOTS_PER_SM). Segmented
+# launches run under BWD_MAXNREG, which fits 12 programs per multiprocessor, not 8.
+BWD_SEG_SLOTS_PER_SM = None
 # The forward's main kernel: "seq" walks the steps one by one with each thread owning a channel
 # (_selective_scan_fwd_seq_kernel: ~9 SASS instructions per state-step on sm_90, no shuffles),
 # "scan" runs an associative scan over each (N, T) tile (_selective_scan_fwd_kernel: ~30).
@@ -138,11 +141,13 @@ SEG_COARSEN = 4
 # (1 x 512 x 2^20: 98.9 -> 89.1 ms) and the one-wave 8 x 2048 x 4096 30% slower (11.3 -> 14.7 ms).
 # Since the backward needs 227 registers (session 5), 168 beats 128 where a cap applies: fwd+bwd
 # 11.10 / 56.84 ms at 4 x 1536 x 16384 / 1 x 512 x 2^20 against 11.49 / 58.41 (none: 11.51 / 59.20).
-FWD_MAXNREG = None
+# The step forward: ptxas keeps it at 128 registers on its own (with 4 spill instructions, sm_90);
+# allowed 255 it takes 248 and hoists loads further ahead of their use, at half the resident warps.
+# The H200 measured that as faster (session 7, benchmarks/results/README.md): forward 12.61 against
+# 13.96 ms at 1 x 512 x 2^20, fwd+bwd 7.10 / 10.82 against 7.12 / 10.99 ms at the other two shapes.
+# (Raising the step segment kernels' registers the same way made them slower.)
+FWD_MAXNREG = 255
 BWD_MAXNREG = 168
-# The step-by-step segment kernels: ptxas keeps them (and the step forward) at ~128 registers on its
-# own; a higher cap lets it hoist loads further ahead (255: ~245 registers) at half the resident warps.
-SEG_MAXNREG = None
 # The backward's (N, T) tiles take their layout from the B/C loads, which the compiler vectorises
 # along the steps as far as it can prove them contiguous: 8 bf16 steps a thread put a (16, 32) tile
 # on 8 x 4 lanes, so every per-step vector (softplus, gate, du, ddelta) is computed 8 times over.
@@ -224,18 +229,18 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
         bwd_block = bwd_block or next((k for k in fits if k >= least and rows // k >= FULL * bwd_slots), None)
     if bwd_block is None:  # segments will supply the programs
         bwd_block = next((k for k in fits if k >= 16), fits[-1])
+    # a launch that fills the uncapped slots needs no segments; segmented ones count capped slots
+    bwd_seg_chunks = n_chunks
+    if rows // bwd_block < FULL * bwd_slots:
+        seg_slots = (BWD_SEG_SLOTS_PER_SM or BWD_SLOTS_PER_SM) * n_sm
+        bwd_seg_chunks = _seg_chunks(rows // bwd_block, seg_slots, n_chunks, FULL, SEG_WAVES)
     return ScanPlan(
         chunk,
         fwd_block,
         _seg_chunks(rows // fwd_block, fwd_slots, n_chunks, FWD_FULL, FWD_SEG_WAVES),
         bwd_block,
-        _seg_chunks(rows // bwd_block, bwd_slots, n_chunks, FULL, SEG_WAVES),
+        bwd_seg_chunks,
     )
-
-
-def _seg_cap(u: torch.Tensor) -> dict:
-    """SEG_MAXNREG as a launch option (GPU only)."""
-    return {"maxnreg": SEG_MAXNREG} if SEG_MAXNREG and u.is_cuda else {}
 
 
 def _reg_cap(maxnreg: int | None, u: torch.Tensor, programs: int, slots_per_sm: int) -> dict:
@@ -253,7 +258,8 @@ def _groups(M: torch.Tensor) -> int:
 
 # the module settings plan_scan reads: part of the plan cache's key, since sweeps change them
 _PLAN_SETTINGS = ("CHUNK", "FWD_KERNEL", "LANE_WARPS", "FWD_SEQ_SLOTS_PER_SM", "FWD_SLOTS_PER_SM", "BWD_SLOTS_PER_SM",
-                  "PARTIAL_BUDGET", "FULL", "FWD_FULL", "FWD_SEG_WAVES", "SEG_WAVES", "SEG_COARSEN")  # fmt: skip
+                  "BWD_SEG_SLOTS_PER_SM", "PARTIAL_BUDGET", "FULL", "FWD_FULL", "FWD_SEG_WAVES", "SEG_WAVES",
+                  "SEG_COARSEN")  # fmt: skip
 _plans: dict[tuple, ScanPlan] = {}
 
 
@@ -340,10 +346,9 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     plan = _make_plan(u, A, B, C)
     T = plan.chunk
     n_chunks = triton.cdiv(length, T)
-    y = torch.empty_like(u, memory_format=torch.contiguous_format)
-    E = torch.empty(batch, dim, n_chunks, d_state, dtype=acc, device=u.device)
     if length == 0:
         last = torch.zeros(batch, dim, d_state, dtype=acc, device=u.device)
+        y, E = torch.empty_like(u), torch.empty(batch, dim, 0, d_state, dtype=acc, device=u.device)
         return y, (last if initial_state is None else initial_state.to(acc).clone()), E
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
     D, z, delta_bias, initial_state = (None if t is None else t.contiguous() for t in (D, z, delta_bias, initial_state))
@@ -372,7 +377,9 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     # covers its masks and partial blocks at tiny dims.
     step = FWD_KERNEL == "seq" and T % 8 == 0 and _one_per_lane(DK, u.is_cuda)
     fast_exp = u.is_cuda and acc == torch.float32
-    Bk, Ck = (_padded_bc(B, n_chunks * T, NP, acc), _padded_bc(C, n_chunks * T, NP, acc)) if step else (B, C)
+    # Host time counts here (the GPU waits for the first long kernel, see scan_fwd): what only the main
+    # kernel needs (C's rows, y, E) is made after the segment pass is launched
+    Bk = _padded_bc(B, n_chunks * T, NP, acc) if step else B
     if n_seg > 1:
         P = torch.empty(batch, dim, n_seg, d_state, dtype=acc, device=u.device)
         S = torch.empty_like(P)
@@ -383,7 +390,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         if step and FWD_SEG_KERNEL == "seq" and _seq_segments_ok(flags["HAS_SEQ"], u):
             _segment_state_fwd_seq_kernel[seg_grid](
                 u, delta, A, Bk, bias, keep, P, S, dim, length, d_state, n_chunks, cps, n_seg, bgd, bg,
-                n_chunks * T, 0, DK=DK, T=T, NP=NP, FAST_EXP=fast_exp, num_warps=LANE_WARPS, **_seg_cap(u), **flags,
+                n_chunks * T, 0, DK=DK, T=T, NP=NP, FAST_EXP=fast_exp, num_warps=LANE_WARPS, **flags,
             )  # fmt: skip
         else:
             _segment_state_fwd_kernel[seg_grid](
@@ -427,6 +434,9 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
             num_warps=NUM_WARPS,
         )
         has_h0 = True
+    Ck = _padded_bc(C, n_chunks * T, NP, acc) if step else C
+    y = torch.empty_like(u)
+    E = torch.empty(batch, dim, n_chunks, d_state, dtype=acc, device=u.device)
     kernel, extra = (
         (_selective_scan_fwd_seq_kernel, dict(FAST_EXP=fast_exp)) if step else (_selective_scan_fwd_kernel, {})
     )
@@ -529,8 +539,7 @@ def _scan_bwd(
             _segment_state_bwd_seq_kernel[(batch, dim // seq_dk, n_seg)](
                 delta, A, Cp, z if z is not None else u, bias, keep, dy, P, Q,
                 dim, length, d_state, n_chunks, cps, n_seg, cgd, cg, padded, 0,
-                DK=seq_dk, T=T, NP=NP, FAST_EXP=u.is_cuda and acc == torch.float32, num_warps=LANE_WARPS,
-                **_seg_cap(u), **flags,
+                DK=seq_dk, T=T, NP=NP, FAST_EXP=u.is_cuda and acc == torch.float32, num_warps=LANE_WARPS, **flags,
             )  # fmt: skip
         else:
             _segment_state_bwd_kernel[grid](
