@@ -100,7 +100,10 @@ FWD_SLOTS_PER_SM = 16
 BWD_SLOTS_PER_SM = 8
 # The slots the backward's segments are counted against (None: BWD_SLOTS_PER_SM). Segmented
 # launches run under BWD_MAXNREG, which fits 12 programs per multiprocessor, not 8.
-BWD_SEG_SLOTS_PER_SM = None
+BWD_SEG_SLOTS_PER_SM = 12
+# Channels per backward program at least, when segments supply the parallelism: each program
+# writes one dB and one dC partial slice per B/C group, which torch then sums.
+BWD_SEG_BLOCK_MIN = 16
 # The forward's main kernel: "seq" walks the steps one by one with each thread owning a channel
 # (_selective_scan_fwd_seq_kernel: ~9 SASS instructions per state-step on sm_90, no shuffles),
 # "scan" runs an associative scan over each (N, T) tile (_selective_scan_fwd_kernel: ~30).
@@ -130,7 +133,9 @@ FULL = 0.7
 # the forward's own thresholds (its programs differ from the backward's), separate knobs for sweeps
 FWD_FULL = 0.7
 FWD_SEG_WAVES = 4
-SEG_WAVES = 4
+# The backward's: many short waves (session 7, with BWD_SEG_SLOTS_PER_SM = 12): fwd+bwd 9.85 / 52.2 ms
+# at 4 x 1536 x 16384 / 1 x 512 x 2^20 against 10.50 / 55.2 with 4 waves of 8 slots.
+SEG_WAVES = 16
 # The segment kernels (no scan, only sums: far fewer live registers) walk their segment in
 # chunks this many times longer, which amortises the per-chunk overhead.
 SEG_COARSEN = 4
@@ -228,7 +233,7 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
     for least in (16, 8, 4):
         bwd_block = bwd_block or next((k for k in fits if k >= least and rows // k >= FULL * bwd_slots), None)
     if bwd_block is None:  # segments will supply the programs
-        bwd_block = next((k for k in fits if k >= 16), fits[-1])
+        bwd_block = next((k for k in fits if k >= BWD_SEG_BLOCK_MIN), fits[-1])
     # a launch that fills the uncapped slots needs no segments; segmented ones count capped slots
     bwd_seg_chunks = n_chunks
     if rows // bwd_block < FULL * bwd_slots:
@@ -258,8 +263,8 @@ def _groups(M: torch.Tensor) -> int:
 
 # the module settings plan_scan reads: part of the plan cache's key, since sweeps change them
 _PLAN_SETTINGS = ("CHUNK", "FWD_KERNEL", "LANE_WARPS", "FWD_SEQ_SLOTS_PER_SM", "FWD_SLOTS_PER_SM", "BWD_SLOTS_PER_SM",
-                  "BWD_SEG_SLOTS_PER_SM", "PARTIAL_BUDGET", "FULL", "FWD_FULL", "FWD_SEG_WAVES", "SEG_WAVES",
-                  "SEG_COARSEN")  # fmt: skip
+                  "BWD_SEG_SLOTS_PER_SM", "BWD_SEG_BLOCK_MIN", "PARTIAL_BUDGET", "FULL", "FWD_FULL", "FWD_SEG_WAVES",
+                  "SEG_WAVES", "SEG_COARSEN")  # fmt: skip
 _plans: dict[tuple, ScanPlan] = {}
 
 
