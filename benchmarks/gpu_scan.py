@@ -146,27 +146,26 @@ def profile_shape(batch, dim, length, reps=5) -> str:
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(reps):
-            torch.cuda.synchronize()
             fwdbwd()
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60)
-    # the last call's GPU timeline: each kernel's start, length and the idle time before it (the GPU
+    # one more call's GPU timeline: each kernel's start, length and the idle time before it (the GPU
     # waiting for the host), from the call's first kernel
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fwdbwd()
+        torch.cuda.synchronize()
     kernels = sorted(
         (e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda e: e.time_range.start
     )
-    last_call, prev_end = [], None
-    for e in kernels:  # calls are separated by a synchronize: a long idle stretch
-        if prev_end is not None and e.time_range.start - prev_end > 2000:
-            last_call = []
-        last_call.append(e)
-        prev_end = e.time_range.end
-    t0, prev_end, lines = last_call[0].time_range.start, last_call[0].time_range.start, []
-    for e in last_call:
+    t0 = prev_end = kernels[0].time_range.start
+    lines = []
+    for e in kernels:
         start, end = e.time_range.start, e.time_range.end
-        lines.append(f"{start - t0:9.1f} us  {end - start:8.1f} us  idle before {start - prev_end:7.1f} us  {e.name[:60]}")
+        lines.append(
+            f"{start - t0:9.1f} us  {end - start:8.1f} us  idle before {start - prev_end:7.1f} us  {e.name[:60]}"
+        )
         prev_end = end
-    return table + "\nlast call's GPU timeline (us from its first kernel):\n" + "\n".join(lines)
+    return table + "\none call's GPU timeline (us from its first kernel):\n" + "\n".join(lines)
 
 
 def overhead_shape(batch, dim, length, reps=20) -> dict:
