@@ -603,8 +603,7 @@ def _scan_bwd(
         dC_part = torch.empty(batch, dim, n_chunks, d_state, dtype=acc, device=dev)
     else:
         dC_part = torch.empty(batch, cg, cgd // DK, d_state, length, dtype=acc, device=dev)
-    # the step kernel writes dA a chunk, the scan kernel a segment (summed over its chunks in place)
-    dA_part = torch.empty(batch, dim, n_chunks if step else min(n_seg, n_chunks), d_state, dtype=acc, device=dev)
+    dA_part = torch.empty(batch, dim, n_chunks, d_state, dtype=acc, device=dev)
     dD_part = torch.empty(batch, dim, n_chunks, dtype=acc, device=dev)
     dbias_part = torch.empty(batch, dim, n_chunks, dtype=acc, device=dev)
     # the kernel picks the initial state or E by chunk: both must be the same pointer type

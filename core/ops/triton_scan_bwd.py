@@ -243,7 +243,7 @@ def _selective_scan_bwd_kernel(
     y_ptr,  # (batch, dim, length): the forward's output, recomputed, with EMIT_Y
     dB_ptr,
     dC_ptr,  # (batch, groups, dim / groups / DK, N, length), or (batch, dim, n_chunks, N) if constant
-    dA_ptr,  # (batch, dim, n_seg, N): summed over the segment's chunks in place
+    dA_ptr,  # (batch, dim, n_chunks, N)
     dD_ptr,
     dbias_ptr,  # (batch, dim, n_chunks)
     dim,
@@ -373,11 +373,6 @@ def _selective_scan_bwd_kernel(
             h0_next = tl.load(h0_base + (row + 1) * h0_stride + offs_n, mask=h0_mask & more_n, other=0.0)
             R_next = tl.load(R_ptr + ((row + 1) * n_seg + pid_s) * d_state + offs_n, mask=n_mask & more_n, other=0.0)
 
-            # this channel's dA over the segment's later chunks (stored by this program one chunk
-            # ago, before the barrier): summed here, the partial buffer is n_chunks / n_seg times
-            # smaller than one slice a chunk, and so is torch's sum over it
-            offs_seg = (row * n_seg + pid_s) * d_state + offs_n
-            dA_seg = tl.load(dA_ptr + offs_seg, mask=n_mask & (offs_n * 0 + j > 0), other=0.0)
             bias = tl.load(bias_ptr + d).to(ACC) if HAS_BIAS else 0.0
             dt, raw = _delta(raw_t, bias, t_mask, HAS_BIAS, SOFTPLUS)
             dt_next, _ = _delta(rawn, bias, next_mask, HAS_BIAS, SOFTPLUS)
@@ -426,6 +421,7 @@ def _selective_scan_bwd_kernel(
             # gradient into h_{c*T - 1}, dA_0 g_0: the carry for the previous chunk, stored from
             # step 0's column of the tile itself (extracting that column with a reduction over the
             # steps would cost a shuffle tree per state)
+            offs_seg = (row * n_seg + pid_s) * d_state + offs_n
             step0 = n_mask[:, None] & (offs_t == 0)[None, :]
             tl.store(R_ptr + offs_seg[:, None] + offs_t[None, :] * 0, dA * g, mask=step0)
             if B_CONST:
@@ -441,7 +437,7 @@ def _selective_scan_bwd_kernel(
             gh = g * h_prev
             # padded steps carry g = R and h_prev = h: keep them out of the sums
             ddt = tl.where(t_mask, u * gB + tl.sum(A[:, None] * gh, axis=0), 0.0)
-            tl.store(dA_ptr + offs_seg, dA_seg + tl.sum(gh * dt[None, :], axis=1), mask=n_mask)
+            tl.store(dA_ptr + offs_chunk * d_state + offs_n, tl.sum(gh * dt[None, :], axis=1), mask=n_mask)
             if SOFTPLUS:
                 ddt *= 1.0 / (1.0 + tl.exp(-raw))
             tl.store(ddelta_ptr + offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=t_mask)
