@@ -335,8 +335,9 @@ def _padded_bc(M: torch.Tensor, padded_length: int, NP: int, acc: torch.dtype) -
         return M
     grouped = M if M.dim() == 4 else M.unsqueeze(1)
     batch, groups, d_state, length = grouped.shape
-    if padded_length == length and NP == d_state:  # nothing to pad: one copy (host time, see scan_fwd)
-        return grouped.transpose(2, 3).to(acc, memory_format=torch.contiguous_format)
+    if padded_length == length and NP == d_state:  # nothing to pad: no zeros to write (host time, see _eager)
+        # (not .to(acc, memory_format=...): when the dtype already matches it keeps the transposed strides)
+        return torch.empty(batch, groups, length, d_state, dtype=acc, device=M.device).copy_(grouped.transpose(2, 3))
     out = torch.zeros(batch, groups, padded_length, NP, dtype=acc, device=M.device)
     out[:, :, :length, :d_state] = grouped.transpose(2, 3)
     return out

@@ -245,6 +245,9 @@ STEP_CASES = [
     (2, 8, 23, 4, 1, "const", dict(has_z=False, has_bias=False), ScanPlan(8, 8, 2, 4, 2)),
     (1, 16, 19, 4, 2, "mixed", dict(has_h0=False), ScanPlan(8, 8, 1, 2, 1)),
     (1, 8, 40, 16, 1, "var", {}, None),
+    # whole chunks and a power-of-two d_state: B and C rows need no padding (their own copy path)
+    (2, 8, 32, 4, 1, "var", {}, ScanPlan(16, 8, 1, 2, 1)),
+    (1, 16, 48, 8, 2, "var", {}, ScanPlan(16, 8, 2, 2, 2)),
 ]
 
 
