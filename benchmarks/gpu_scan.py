@@ -47,7 +47,6 @@ SETTINGS = (
     "FWD_SLOTS_PER_SM",
     "BWD_SLOTS_PER_SM",
     "BWD_SEG_SLOTS_PER_SM",
-    "BWD_SEG_BLOCK_MIN",
     "FULL",
     "FWD_FULL",
     "FWD_SEG_WAVES",

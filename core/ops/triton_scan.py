@@ -39,11 +39,13 @@ BWD_SEG_KERNEL; packed rows on a GPU excepted, see _seq_segments_ok), the tile-s
 (BWD_KERNEL: the step one is exact but slower, see its setting). On a GPU the step kernels run
 only with one channel per lane (_one_per_lane).
 
-Speed (benchmarks/results/README.md, H200, fwd+bwd against mamba_ssm's CUDA kernel, session 5):
-1.26-1.28x at the two 2^20-step anchor shapes, 0.81-0.87x at 8 x 2048 x 4096 and 4 x 1536 x 16384;
-the forward alone 0.75-0.96x. The backward (~3/4 of the time) is bound by instruction issue: its
-two tile scans and the sums over states cost ~38 instructions per state-step, near the floor of
-this design (benchmarks/sass_stats.py counts SASS without a GPU).
+Speed (benchmarks/results/README.md, H200, fwd+bwd against mamba_ssm's CUDA kernel, session 7):
+1.38-1.40x at the two 2^20-step anchor shapes, 0.85x at 8 x 2048 x 4096 and 0.965x at
+4 x 1536 x 16384; the forward alone 0.85-1.06x. The backward kernel (~3/4 of the time) is bound by
+instruction issue: its two tile scans and the sums over states cost ~38 instructions per
+state-step, near the floor of this design (benchmarks/sass_stats.py counts SASS without a GPU).
+Host time counts too: the GPU waits for the Python before a call's first long kernel, so eager
+calls skip the custom ops' dispatch (_eager) and plans are remembered (_make_plan).
 
 On CPU tensors the kernels run in Triton's interpreter; set TRITON_INTERPRET=1 before this
 module is imported (that is how CI tests it).
@@ -101,9 +103,6 @@ BWD_SLOTS_PER_SM = 8
 # The slots the backward's segments are counted against (None: BWD_SLOTS_PER_SM). Segmented
 # launches run under BWD_MAXNREG, which fits 12 programs per multiprocessor, not 8.
 BWD_SEG_SLOTS_PER_SM = 12
-# Channels per backward program at least, when segments supply the parallelism: each program
-# writes one dB and one dC partial slice per B/C group, which torch then sums.
-BWD_SEG_BLOCK_MIN = 16
 # The forward's main kernel: "seq" walks the steps one by one with each thread owning a channel
 # (_selective_scan_fwd_seq_kernel: ~9 SASS instructions per state-step on sm_90, no shuffles),
 # "scan" runs an associative scan over each (N, T) tile (_selective_scan_fwd_kernel: ~30).
@@ -233,7 +232,7 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
     for least in (16, 8, 4):
         bwd_block = bwd_block or next((k for k in fits if k >= least and rows // k >= FULL * bwd_slots), None)
     if bwd_block is None:  # segments will supply the programs
-        bwd_block = next((k for k in fits if k >= BWD_SEG_BLOCK_MIN), fits[-1])
+        bwd_block = next((k for k in fits if k >= 16), fits[-1])
     # a launch that fills the uncapped slots needs no segments; segmented ones count capped slots
     bwd_seg_chunks = n_chunks
     if rows // bwd_block < FULL * bwd_slots:
@@ -263,7 +262,7 @@ def _groups(M: torch.Tensor) -> int:
 
 # the module settings plan_scan reads: part of the plan cache's key, since sweeps change them
 _PLAN_SETTINGS = ("CHUNK", "FWD_KERNEL", "LANE_WARPS", "FWD_SEQ_SLOTS_PER_SM", "FWD_SLOTS_PER_SM", "BWD_SLOTS_PER_SM",
-                  "BWD_SEG_SLOTS_PER_SM", "BWD_SEG_BLOCK_MIN", "PARTIAL_BUDGET", "FULL", "FWD_FULL", "FWD_SEG_WAVES",
+                  "BWD_SEG_SLOTS_PER_SM", "PARTIAL_BUDGET", "FULL", "FWD_FULL", "FWD_SEG_WAVES",
                   "SEG_WAVES", "SEG_COARSEN")  # fmt: skip
 _plans: dict[tuple, ScanPlan] = {}
 

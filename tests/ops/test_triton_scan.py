@@ -380,6 +380,54 @@ def test_plan_keeps_partial_buffers_small():
     assert plan.fwd_block == 32 and plan.fwd_seg_chunks < 4096 // plan.chunk
 
 
+def test_plan_counts_backward_segments_in_capped_slots(monkeypatch):
+    """Rows that fill the uncapped slots (8 x 2048 x 4096) take no backward segments whatever
+    BWD_SEG_SLOTS_PER_SM says; fewer rows (4 x 1536 x 16384) get SEG_WAVES waves of the capped slots."""
+    args = (4, 1536, 16384, 16, 1536, True, 132)
+    monkeypatch.setattr(triton_scan, "SEG_WAVES", 4)
+    monkeypatch.setattr(triton_scan, "BWD_SEG_SLOTS_PER_SM", None)
+    eight = triton_scan.plan_scan(*args)
+    monkeypatch.setattr(triton_scan, "BWD_SEG_SLOTS_PER_SM", 16)
+    sixteen = triton_scan.plan_scan(*args)
+    n_chunks = 16384 // eight.chunk
+    programs = 4 * 1536 // eight.bwd_block
+    # at least SEG_WAVES waves of the counted slots, rounded to SEG_COARSEN chunks a segment
+    assert programs * (n_chunks // eight.bwd_seg_chunks) >= 4 * 8 * 132 * 0.9
+    assert sixteen.bwd_seg_chunks < eight.bwd_seg_chunks
+    full = triton_scan.plan_scan(8, 2048, 4096, 16, 2048, True, 132)
+    assert full.bwd_seg_chunks == 4096 // full.chunk
+
+
+def test_plans_are_remembered_per_settings(monkeypatch):
+    """_make_plan keeps a plan per shape and per plan setting: a sweep's setattr gets a new one."""
+    u, A, B = torch.zeros(2, 64, 256), torch.zeros(64, 16), torch.zeros(2, 16, 256)
+    first = triton_scan._make_plan(u, A, B, B)
+    assert first.chunk == 32 and triton_scan._make_plan(u, A, B, B) is first
+    monkeypatch.setattr(triton_scan, "CHUNK", 16)
+    assert triton_scan._make_plan(u, A, B, B).chunk == 16
+
+
+def test_forward_state_passing_never_reads_the_last_segment():
+    """The forward's segment pass skips the last segment, so its P and S rows are never written:
+    NaN there must not reach the states entering the others (several blocks of segments)."""
+    from core.ops.triton_scan_fwd import _state_passing_kernel
+
+    rows, n_seg, N = 3, 5, 4
+    g = torch.Generator().manual_seed(0)
+    P, S = torch.rand(rows, n_seg, N, generator=g), torch.randn(rows, n_seg, N, generator=g)
+    P[:, -1], S[:, -1] = float("nan"), float("nan")
+    init = torch.randn(rows, N, generator=g)
+    out, final = torch.empty_like(P), torch.empty(rows, N)
+    _state_passing_kernel[(rows,)](
+        P, S, init, out, final, n_seg, N, SB=2, NP=N, HAS_INIT=True, REVERSE=False, IS_F64=False
+    )
+    want = [init]
+    for s in range(n_seg - 1):
+        want.append(P[:, s] * want[-1] + S[:, s])
+    torch.testing.assert_close(out, torch.stack(want, 1))
+    assert torch.isfinite(final).all()
+
+
 def test_plan_step_forward_blocks_are_powers_of_two():
     """The step-by-step forward's tile is (DK, N): DK must be a power of two dividing the group."""
     for part_dim, want in [(6, 2), (12, 4), (40, 8), (96, 32), (2048, 32), (7, 1)]:
