@@ -106,7 +106,9 @@ def make_inputs(batch, dim, length, seed=0):
     )
 
 
-def time_shape(batch, dim, length, warmup=3, reps=10):
+def scan_calls(batch, dim, length):
+    """The two timed calls on the anchor's inputs: the forward (no autograd) and forward+backward
+    (gradients of all 8 inputs)."""
     from core.ops import selective_scan
 
     x = make_inputs(batch, dim, length)
@@ -121,6 +123,11 @@ def time_shape(batch, dim, length, warmup=3, reps=10):
         y = selective_scan(**x, delta_softplus=True, backend="triton")
         return torch.autograd.grad(y, leaves, dy)
 
+    return fwd, fwdbwd
+
+
+def time_shape(batch, dim, length, warmup=3, reps=10):
+    fwd, fwdbwd = scan_calls(batch, dim, length)
     fwd_ms = cuda_time_ms(fwd, warmup, reps)
     fwdbwd_ms = cuda_time_ms(fwdbwd, warmup, reps)
     return fwd_ms, fwdbwd_ms, torch.cuda.max_memory_allocated() / 2**30
@@ -130,16 +137,7 @@ def profile_shape(batch, dim, length, reps=5) -> str:
     """CUDA time per kernel over `reps` forward+backward calls (after warm-up), as a table."""
     from torch.profiler import ProfilerActivity, profile
 
-    from core.ops import selective_scan
-
-    x = make_inputs(batch, dim, length)
-    leaves = list(x.values())
-    dy = torch.randn(batch, dim, length, device="cuda", dtype=torch.bfloat16)
-
-    def fwdbwd():
-        y = selective_scan(**x, delta_softplus=True, backend="triton")
-        return torch.autograd.grad(y, leaves, dy)
-
+    _, fwdbwd = scan_calls(batch, dim, length)
     for _ in range(3):
         fwdbwd()
     torch.cuda.synchronize()
@@ -172,20 +170,7 @@ def overhead_shape(batch, dim, length, reps=20) -> dict:
     while the GPU is busy, and the GPU time alone (events recorded behind a sleeping kernel, so the
     calls' kernels are already queued when the clock starts). The usual timing minus the GPU time is
     what the GPU spends waiting for the host."""
-    from core.ops import selective_scan
-
-    x = make_inputs(batch, dim, length)
-    leaves = list(x.values())
-    dy = torch.randn(batch, dim, length, device="cuda", dtype=torch.bfloat16)
-
-    def fwd():
-        with torch.no_grad():
-            return selective_scan(**x, delta_softplus=True, backend="triton")
-
-    def fwdbwd():
-        y = selective_scan(**x, delta_softplus=True, backend="triton")
-        return torch.autograd.grad(y, leaves, dy)
-
+    fwd, fwdbwd = scan_calls(batch, dim, length)
     out = {}
     for name, fn in (("fwd", fwd), ("fwdbwd", fwdbwd)):
         for _ in range(3):
