@@ -382,7 +382,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     # covers its masks and partial blocks at tiny dims.
     step = FWD_KERNEL == "seq" and T % 8 == 0 and _one_per_lane(DK, u.is_cuda)
     fast_exp = u.is_cuda and acc == torch.float32
-    # Host time counts here (the GPU waits for the first long kernel, see scan_fwd): what only the main
+    # Host time counts here (the GPU waits for the first long kernel, see _eager): what only the main
     # kernel needs (C's rows, y, E) is made after the segment pass is launched
     Bk = _padded_bc(B, n_chunks * T, NP, acc) if step else B
     if n_seg > 1:
@@ -805,7 +805,7 @@ _selective_scan_fwd_op.register_autograd(_backward, setup_context=_setup_context
 
 class _SelectiveScanFn(torch.autograd.Function):
     """The eager path of selective_scan_triton: the custom op's autograd (same context and backward)
-    without its dispatch (see scan_fwd)."""
+    without its dispatch (see _eager)."""
 
     @staticmethod
     def forward(ctx, *inputs):  # with a separate setup_context, apply() would bind defaults (inspect)
