@@ -93,6 +93,10 @@ LANE_WARPS = 1
 # dB/dC partial buffers (one slice per channel block) may hold at most this many floats each;
 # past it, channel blocks grow (fewer slices) and segments supply the parallelism instead.
 PARTIAL_BUDGET = 1 << 27
+# The backward's segment states (P, Q, R: 3 x rows x segments x N floats) stay within this many
+# rows x segments (96 MiB at N = 16): SEG_WAVES = 16 alone would give 1 x 512 x 2^20 2,731 segments
+# (268 MB), on top of a DNA LM step whose peak sits near its memory bar (issue 3: 47.23 of 47.5 GiB).
+SEG_STATE_BUDGET = 1 << 19
 # One-warp programs resident per multiprocessor, by registers (ptxas, sm_90): the forward uses
 # 125 registers (16 fit), the backward 228 (8 fit). A launch that fills FULL of these slots
 # runs without segments; below that, segments are added until there are SEG_WAVES waves of
@@ -133,7 +137,8 @@ FULL = 0.7
 FWD_FULL = 0.7
 FWD_SEG_WAVES = 4
 # The backward's: many short waves (session 7, with BWD_SEG_SLOTS_PER_SM = 12): fwd+bwd 9.85 / 52.2 ms
-# at 4 x 1536 x 16384 / 1 x 512 x 2^20 against 10.50 / 55.2 with 4 waves of 8 slots.
+# at 4 x 1536 x 16384 / 1 x 512 x 2^20 against 10.50 / 55.2 with 4 waves of 8 slots. SEG_STATE_BUDGET
+# then caps the second at 1,024 segments (untimed; 745 and 1,490 segments ran 53.9 and 52.3 ms).
 SEG_WAVES = 16
 # The segment kernels (no scan, only sums: far fewer live registers) walk their segment in
 # chunks this many times longer, which amortises the per-chunk overhead.
@@ -195,6 +200,13 @@ def _lane_block(group_dim: int) -> int:
     return max(k for k in (2**i for i in range(11)) if k <= 32 * LANE_WARPS and group_dim % k == 0)
 
 
+def _bwd_seg_chunks(programs: int, slots: int, n_chunks: int, rows: int) -> int:
+    """The backward's chunks per segment: SEG_WAVES waves of `slots`, within SEG_STATE_BUDGET."""
+    cps = _seg_chunks(programs, slots, n_chunks, FULL, SEG_WAVES)
+    least = triton.cdiv(n_chunks, max(1, SEG_STATE_BUDGET // rows))
+    return min(n_chunks, max(cps, triton.cdiv(least, SEG_COARSEN) * SEG_COARSEN))
+
+
 def _seg_chunks(programs: int, slots: int, n_chunks: int, full: float, waves: float) -> int:
     """Chunks per segment for a launch of `programs` programs (per segment) on `slots` resident ones:
     one segment from `full` of the slots up, else enough for `waves` waves."""
@@ -237,7 +249,7 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
     bwd_seg_chunks = n_chunks
     if rows // bwd_block < FULL * bwd_slots:
         seg_slots = (BWD_SEG_SLOTS_PER_SM or BWD_SLOTS_PER_SM) * n_sm
-        bwd_seg_chunks = _seg_chunks(rows // bwd_block, seg_slots, n_chunks, FULL, SEG_WAVES)
+        bwd_seg_chunks = _bwd_seg_chunks(rows // bwd_block, seg_slots, n_chunks, rows)
     return ScanPlan(
         chunk,
         fwd_block,
@@ -262,7 +274,7 @@ def _groups(M: torch.Tensor) -> int:
 
 # the module settings plan_scan reads: part of the plan cache's key, since sweeps change them
 _PLAN_SETTINGS = ("CHUNK", "FWD_KERNEL", "LANE_WARPS", "FWD_SEQ_SLOTS_PER_SM", "FWD_SLOTS_PER_SM", "BWD_SLOTS_PER_SM",
-                  "BWD_SEG_SLOTS_PER_SM", "PARTIAL_BUDGET", "FULL", "FWD_FULL", "FWD_SEG_WAVES",
+                  "BWD_SEG_SLOTS_PER_SM", "PARTIAL_BUDGET", "SEG_STATE_BUDGET", "FULL", "FWD_FULL", "FWD_SEG_WAVES",
                   "SEG_WAVES", "SEG_COARSEN")  # fmt: skip
 _plans: dict[tuple, ScanPlan] = {}
 
@@ -513,7 +525,7 @@ def _scan_bwd(
     cps = plan.bwd_seg_chunks
     if step and u.is_cuda:  # its own programs (a channel per lane) set its segments
         slots = BWD_SEQ_SLOTS_PER_SM // LANE_WARPS * _sm_count(dev.index or 0)
-        cps = _seg_chunks(batch * dim // step_dk, slots, n_chunks, FULL, SEG_WAVES)
+        cps = _bwd_seg_chunks(batch * dim // step_dk, slots, n_chunks, batch * dim)
     n_seg = max(1, triton.cdiv(n_chunks, cps))
     keep = _keep_factor(seq_idx, acc)
     flags = dict(

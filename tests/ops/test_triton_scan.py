@@ -374,6 +374,8 @@ def test_plan_keeps_partial_buffers_small():
     n_chunks = (1 << 20) // plan.chunk
     assert 1 * (512 // plan.bwd_block) * 16 * (1 << 20) <= triton_scan.PARTIAL_BUDGET
     assert n_chunks // plan.bwd_seg_chunks > 1 and n_chunks // plan.fwd_seg_chunks > 1
+    # the backward's segment states too: 16 waves alone would make 2,731 segments of 512 rows
+    assert 512 * -(-n_chunks // plan.bwd_seg_chunks) <= triton_scan.SEG_STATE_BUDGET
     plan = triton_scan.plan_scan(8, 2048, 4096, 16, 2048, True, 132)
     assert plan.bwd_seg_chunks == 4096 // plan.chunk  # one segment: rows suffice
     # the step-by-step forward puts 32 channels in a program: 512 programs, too few for 132 SMs alone
