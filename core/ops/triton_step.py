@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from .checks import compute_dtype
+from .triton_scan_fwd import _softplus
 
 
 @triton.jit
@@ -77,7 +78,7 @@ def _selective_state_update_kernel(
     if HAS_BIAS:
         dt += tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(ACC)
     if SOFTPLUS:
-        dt = tl.where(dt > 20.0, dt, tl.where(dt < -15.0, tl.exp(dt), tl.log(1.0 + tl.exp(dt))))
+        dt = _softplus(dt)
     A = tl.load(A_ptr + offs_d[:, None] * d_state + offs_n[None, :], mask=mask, other=0.0).to(ACC)
     # channel d reads group d // group_dim
     group = (offs_d // group_dim)[:, None]
