@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_scan_fwd import _bc_rows, _delta, _exp2, _lanes, _rows8, _scan_combine, _seq_advance, _unzip8
+from .triton_scan_fwd import _bc_rows, _delta, _exp2, _lanes, _rows8, _scan_combine, _seq_advance, _sigmoid, _unzip8
 
 
 @triton.jit
@@ -88,7 +88,7 @@ def _segment_state_bwd_kernel(
                 keep = keep_next.to(ACC)
             if HAS_Z:
                 zz = z_next.to(ACC)
-                dy *= zz / (1.0 + tl.exp(-zz))
+                dy *= zz * _sigmoid(zz)
             if not C_CONST:
                 Cd = C_next.to(ACC)
             t_next = t - T
@@ -129,7 +129,7 @@ def _seq_adjoint_back(Q, A2, raw, dyz, Cc, keep, m, bias, HAS_BIAS: tl.constexpr
                       HAS_SEQ: tl.constexpr, FAST_EXP: tl.constexpr):  # fmt: skip
     """One step back for a (DK, NP) tile: the gradient into the state before step t, from the output
     at t and the gradient Q into the state after it: exp(dt A) (C dy + Q). Returns it and dt (DK, 1)."""
-    dt, _ = _delta(raw, bias, m, HAS_BIAS, SOFTPLUS)
+    dt, _ = _delta(raw, bias, m, HAS_BIAS, SOFTPLUS, FAST_EXP)
     dA = _exp2(dt * A2, FAST_EXP)
     if HAS_SEQ:
         dA *= keep  # a sequence starting at t: nothing before it sees t or later
@@ -199,7 +199,7 @@ def _segment_state_bwd_seq_kernel(
         dyz = tl.load(dy_rows + t0, mask=m, other=0.0).to(ACC)
         if HAS_Z:
             zz = tl.load(z_rows + t0, mask=m, other=0.0).to(ACC)
-            dyz *= zz / (1.0 + tl.exp(-zz))  # the gradient reaching C h: dy times silu(z)
+            dyz *= zz * _sigmoid(zz, FAST_EXP)  # the gradient reaching C h: dy times silu(z)
         y0, y1, y2, y3, y4, y5, y6, y7 = _unzip8(dyz)
         k_blk = tl.load(keep_row + t0, mask=m, other=1.0).to(ACC) if HAS_SEQ else tl.zeros([DK, 1, 8], ACC)
         k0, k1, k2, k3, k4, k5, k6, k7 = _unzip8(k_blk)
@@ -374,8 +374,8 @@ def _selective_scan_bwd_kernel(
             R_next = tl.load(R_ptr + ((row + 1) * n_seg + pid_s) * d_state + offs_n, mask=n_mask & more_n, other=0.0)
 
             bias = tl.load(bias_ptr + d).to(ACC) if HAS_BIAS else 0.0
-            dt, raw = _delta(raw_t, bias, t_mask, HAS_BIAS, SOFTPLUS)
-            dt_next, _ = _delta(rawn, bias, next_mask, HAS_BIAS, SOFTPLUS)
+            dt, raw = _delta(raw_t, bias, t_mask, HAS_BIAS, SOFTPLUS, FAST_EXP)
+            dt_next, _ = _delta(rawn, bias, next_mask, HAS_BIAS, SOFTPLUS, FAST_EXP)
             A = tl.load(A_ptr + d * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)
             A2 = A * 1.4426950408889634  # exp(x A) = 2^(x A log2(e))
             if B_CONST:
@@ -393,7 +393,7 @@ def _selective_scan_bwd_kernel(
                 Dd = tl.load(D_ptr + d).to(ACC)
                 y_pre += Dd * u
             if HAS_Z:
-                sig = 1.0 / (1.0 + tl.exp(-zz))
+                sig = _sigmoid(zz, FAST_EXP)
                 dz = dy * y_pre * sig * (1.0 + zz * (1.0 - sig))
                 tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=t_mask)
                 dy *= zz * sig
@@ -439,7 +439,7 @@ def _selective_scan_bwd_kernel(
             ddt = tl.where(t_mask, u * gB + tl.sum(A[:, None] * gh, axis=0), 0.0)
             tl.store(dA_ptr + offs_chunk * d_state + offs_n, tl.sum(gh * dt[None, :], axis=1), mask=n_mask)
             if SOFTPLUS:
-                ddt *= 1.0 / (1.0 + tl.exp(-raw))
+                ddt *= _sigmoid(raw, FAST_EXP)
             tl.store(ddelta_ptr + offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=t_mask)
             if HAS_BIAS:
                 tl.store(dbias_ptr + offs_chunk, tl.sum(ddt, 0))
@@ -477,10 +477,10 @@ def _row(base, t, DK: tl.constexpr, NP: tl.constexpr):
 
 
 @triton.jit
-def _gate(dy, zz, HAS_Z: tl.constexpr):
+def _gate(dy, zz, HAS_Z: tl.constexpr, FAST: tl.constexpr):
     """dy times silu(z), the gradient reaching C h, and sigmoid(z) (dy when there is no z)."""
     if HAS_Z:
-        sig = 1.0 / (1.0 + tl.exp(-zz))
+        sig = _sigmoid(zz, FAST)
         return dy * zz * sig, sig
     return dy, dy
 
@@ -495,7 +495,7 @@ def _bwd_forward_step(h, A2, u, raw, dy, zz, Bc, Cc, keep, m, bias, Dd, HAS_D: t
     y = tl.sum(Cc * h, axis=1)[:, None]
     if HAS_D:
         y += Dd * u
-    dyz, sig = _gate(dy, zz, HAS_Z)
+    dyz, sig = _gate(dy, zz, HAS_Z, FAST_EXP)
     dz = dy
     if HAS_Z:
         dz = dy * y * sig * (1.0 + zz * (1.0 - sig))
@@ -510,7 +510,7 @@ def _bwd_reverse_step(gA, h_prev, A2, u, raw, dyz, Bc, Cc, keep, m, bias, Dd, dA
     """One step of the adjoint, backwards. gA: dA_{t+1} g_{t+1}, what the later steps send into h_t;
     h_prev: h_{t-1}. g_t = C_t dy_t + gA; returns dA_t g_t (for step t - 1), dA_acc + dt g dA h_{t-1},
     du_t, ddelta_t (DK, 1) and this step's dB row, sum over the channels of g dt u (NP,)."""
-    dt, pre = _delta(raw, bias, m, HAS_BIAS, SOFTPLUS)
+    dt, pre = _delta(raw, bias, m, HAS_BIAS, SOFTPLUS, FAST_EXP)
     dA = _exp2(dt * A2, FAST_EXP)
     if HAS_SEQ:
         dA *= keep
@@ -524,7 +524,7 @@ def _bwd_reverse_step(gA, h_prev, A2, u, raw, dyz, Bc, Cc, keep, m, bias, Dd, dA
     if HAS_D:
         du += Dd * dyz
     if SOFTPLUS:
-        ddt *= 1.0 / (1.0 + tl.exp(-pre))
+        ddt *= _sigmoid(pre, FAST_EXP)
     return dA * g, dA_acc, du, ddt, tl.sum(g * (dt * u), axis=0)
 
 
@@ -695,7 +695,7 @@ def _selective_scan_bwd_seq_kernel(
             r0, r1, r2, r3 = _unzip4(tl.load(delta_rows + t0, mask=m, other=0.0).to(ACC))
             dy_blk = tl.load(dy_rows + t0, mask=m, other=0.0).to(ACC)
             z_blk = tl.load(z_rows + t0, mask=m, other=0.0).to(ACC) if HAS_Z else dy_blk
-            e_blk, _ = _gate(dy_blk, z_blk, HAS_Z)
+            e_blk, _ = _gate(dy_blk, z_blk, HAS_Z, FAST_EXP)
             e0, e1, e2, e3 = _unzip4(e_blk)
             k_blk = tl.load(keep_row + t0, mask=m, other=1.0).to(ACC) if HAS_SEQ else tl.zeros([DK, 1, 4], ACC)
             k0, k1, k2, k3 = _unzip4(k_blk)

@@ -18,35 +18,6 @@ def _scan_combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _softplus(x):
-    """log(1 + e^x) as max(x, 0) + log1p(e^-|x|), with log1p(y) = 2 atanh(s), s = y / (2 + y), summed
-    as its series: y <= 1 keeps s <= 1/3, so 6 terms reach float32's precision at every x (3.5e-7
-    relative; 16 terms float64's). In float32, log(1 + e^x) loses up to 17% near x = -15, where
-    1 + e^x rounds (1e-4 to 1e-3 at the anchors' x ~ -7 to -10), and its library log costs ~30
-    instructions an element against ~14 here (benchmarks/sass_stats.py: the scan kernels take a
-    softplus per channel and step)."""
-    TERMS: tl.constexpr = 16 if x.dtype == tl.float64 else 6
-    y = tl.exp(-tl.abs(x))
-    s = y / (2.0 + y)
-    s2 = s * s
-    p = s2 * (2.0 / (2 * TERMS - 1)) + 2.0 / (2 * TERMS - 3)
-    for k in tl.static_range(TERMS - 3, -1, -1):
-        p = p * s2 + 2.0 / (2 * k + 1)
-    return tl.maximum(x, 0.0) + p * s
-
-
-@triton.jit
-def _delta(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """delta after bias and softplus, 0 outside `mask` (exp(0 * A) = 1: padded steps are identities)."""
-    if HAS_BIAS:
-        raw += bias
-    dt = raw
-    if SOFTPLUS:
-        dt = _softplus(raw)
-    return tl.where(mask, dt, 0.0), raw
-
-
-@triton.jit
 def _exp2(x, FAST: tl.constexpr):
     """2^x; FAST (float32 on a GPU): one MUFU.EX2 with denormals flushed, where tl.exp2 adds a
     range check and two scalings around it, and a decay below 2^-126 is 0 for the recurrence anyway."""
@@ -56,6 +27,61 @@ def _exp2(x, FAST: tl.constexpr):
         )
     else:
         return tl.exp2(x)
+
+
+@triton.jit
+def _exp_neg(x, FAST: tl.constexpr):
+    """e^-x (FAST: as _exp2, 2 instructions where tl.exp takes ~6 on sm_90)."""
+    if FAST:
+        return _exp2(x * -1.4426950408889634, True)
+    else:
+        return tl.exp(-x)
+
+
+@triton.jit
+def _rcp(x, FAST: tl.constexpr):
+    """1 / x (FAST: one MUFU.RCP, 1 ulp, where a float32 division takes ~6 instructions on sm_90)."""
+    if FAST:
+        return tl.inline_asm_elementwise(
+            "rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+    else:
+        return 1.0 / x
+
+
+@triton.jit
+def _sigmoid(x, FAST: tl.constexpr = False):
+    """1 / (1 + e^-x): the gate silu(z) = z sigmoid(z) and the softplus' derivative."""
+    return _rcp(1.0 + _exp_neg(x, FAST), FAST)
+
+
+@triton.jit
+def _softplus(x, FAST: tl.constexpr = False):
+    """log(1 + e^x) as max(x, 0) + log1p(e^-|x|), with log1p(y) = 2 atanh(s), s = y / (2 + y), summed
+    as its series: y <= 1 keeps s <= 1/3, so 6 terms reach float32's precision at every x (3.5e-7
+    relative; 16 terms float64's). In float32, log(1 + e^x) loses up to 17% near x = -15, where
+    1 + e^x rounds (1e-4 to 1e-3 at the anchors' x ~ -7 to -10), and its library log costs ~30
+    instructions an element against ~10 here with FAST (benchmarks/sass_stats.py: the scan kernels
+    take a softplus per channel and step)."""
+    TERMS: tl.constexpr = 16 if x.dtype == tl.float64 else 6
+    y = _exp_neg(tl.abs(x), FAST)
+    s = y * _rcp(2.0 + y, FAST)
+    s2 = s * s
+    p = s2 * (2.0 / (2 * TERMS - 1)) + 2.0 / (2 * TERMS - 3)
+    for k in tl.static_range(TERMS - 3, -1, -1):
+        p = p * s2 + 2.0 / (2 * k + 1)
+    return tl.maximum(x, 0.0) + p * s
+
+
+@triton.jit
+def _delta(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr = False):
+    """delta after bias and softplus, 0 outside `mask` (exp(0 * A) = 1: padded steps are identities)."""
+    if HAS_BIAS:
+        raw += bias
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(raw, FAST)
+    return tl.where(mask, dt, 0.0), raw
 
 
 # Every loop below loads the data of its next iteration before computing the current one
@@ -343,7 +369,7 @@ def _selective_scan_fwd_kernel(
             if HAS_D:
                 y += Dd * u
             if HAS_Z:
-                y *= zz / (1.0 + tl.exp(-zz))
+                y *= zz * _sigmoid(zz)
             tl.store(y_ptr + row * length + t, y.to(y_ptr.dtype.element_ty), mask=t_mask)
             # padded steps are identities, so column T - 1 is the state after the chunk
             h = tl.sum(tl.where(offs_t[None, :] == T - 1, hs, 0.0), axis=1)
@@ -425,7 +451,7 @@ def _seq_advance(h, A2, u, raw, Bc, keep, m, bias, HAS_BIAS: tl.constexpr, SOFTP
                  HAS_SEQ: tl.constexpr, FAST_EXP: tl.constexpr):  # fmt: skip
     """One time step for a (DK, NP) tile of states: h = exp(dt A) h + dt B u. u, raw (delta before
     bias), keep, m: (DK, 1); A2 = A log2(e). Returns the new states and dt (DK, 1)."""
-    dt, _ = _delta(raw, bias, m, HAS_BIAS, SOFTPLUS)
+    dt, _ = _delta(raw, bias, m, HAS_BIAS, SOFTPLUS, FAST_EXP)
     dA = _exp2(dt * A2, FAST_EXP)
     if HAS_SEQ:
         dA *= keep
@@ -442,7 +468,7 @@ def _seq_step(h, A2, u, raw, zz, Bc, Cc, keep, m, bias, Dd, HAS_D: tl.constexpr,
     if HAS_D:
         y += Dd * u
     if HAS_Z:
-        y *= zz / (1.0 + tl.exp(-zz))
+        y *= zz * _sigmoid(zz, FAST_EXP)
     return h, y
 
 

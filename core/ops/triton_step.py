@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .checks import compute_dtype
-from .triton_scan_fwd import _softplus
+from .triton_scan_fwd import _sigmoid, _softplus
 
 
 @triton.jit
@@ -91,7 +91,7 @@ def _selective_state_update_kernel(
         y += tl.load(D_ptr + offs_d, mask=d_mask, other=0.0).to(ACC) * x
     if HAS_Z:
         z = tl.load(z_ptr + batch * z_stride + offs_d, mask=d_mask, other=0.0).to(ACC)
-        y *= z / (1.0 + tl.exp(-z))
+        y *= z * _sigmoid(z)
     tl.store(y_ptr + row, y.to(y_ptr.dtype.element_ty), mask=d_mask)
 
 
