@@ -218,9 +218,10 @@ ACTIVATIONS = [(torch.float32, False), (torch.float64, False), (torch.float32, T
 @pytest.mark.parametrize("dtype,fast", ACTIVATIONS, ids=["fp32", "fp64", "fp32-fast"])
 def test_activations_are_accurate_everywhere(dtype, fast, sigmoid):
     """The kernels' softplus (every delta, the decode step's dt) and sigmoid (the z gate, softplus'
-    derivative) against torch's, relative error from -30 to 30: float32 within 1e-6 (log(1 + e^x)
-    was off by up to 17% near x = -15, where 1 + e^x rounds), 2e-6 with the GPU's approximate
-    MUFU.EX2 and MUFU.RCP (FAST: float32 on a GPU only; the interpreter has no inline PTX)."""
+    derivative) against torch's, relative error from -30 to 30: float32 within 1e-6 in the interpreter
+    (log(1 + e^x) was off by up to 17% near x = -15, where 1 + e^x rounds) and 2e-6 on a GPU, where
+    float32 exp and log are themselves MUFU approximations (measured on the H200: 1.7e-6 plain, and
+    with FAST's MUFU.EX2 and MUFU.RCP: inline PTX, so GPU only)."""
     if fast and DEVICE != "cuda":
         pytest.skip("FAST is inline PTX: GPU only (tests/gpu runs this file on the H200)")
     x = torch.linspace(-30.0, 30.0, 60_001, dtype=dtype, device=DEVICE)
@@ -228,7 +229,7 @@ def test_activations_are_accurate_everywhere(dtype, fast, sigmoid):
     _activation_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), SIGMOID=sigmoid, FAST=fast, BLOCK=1024)
     want = torch.sigmoid(x.double()) if sigmoid else torch.nn.functional.softplus(x.double())
     rel = ((y.double() - want).abs() / want).max().item()
-    bound = 1e-9 if dtype == torch.float64 else (2e-6 if fast else 1e-6)
+    bound = 1e-9 if dtype == torch.float64 else (2e-6 if DEVICE == "cuda" else 1e-6)
     assert rel < bound, f"max relative error {rel:.2e}"
 
 
@@ -450,8 +451,8 @@ def test_forward_state_passing_never_reads_the_last_segment():
     g = torch.Generator().manual_seed(0)
     P, S = torch.rand(rows, n_seg, N, generator=g), torch.randn(rows, n_seg, N, generator=g)
     P[:, -1], S[:, -1] = float("nan"), float("nan")
-    init = torch.randn(rows, N, generator=g)
-    out, final = torch.empty_like(P), torch.empty(rows, N)
+    P, S, init = P.to(DEVICE), S.to(DEVICE), torch.randn(rows, N, generator=g).to(DEVICE)
+    out, final = torch.empty_like(P), torch.empty(rows, N, device=DEVICE)
     _state_passing_kernel[(rows,)](
         P, S, init, out, final, n_seg, N, SB=2, NP=N, HAS_INIT=True, REVERSE=False, IS_F64=False
     )
