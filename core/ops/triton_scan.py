@@ -136,6 +136,13 @@ FULL = 0.7
 # the forward's own thresholds (its programs differ from the backward's), separate knobs for sweeps
 FWD_FULL = 0.7
 FWD_SEG_WAVES = 4
+# The forward's main kernel cuts the length into as few segments as fill FWD_MAIN_FILL of its resident
+# slots (FWD_MAIN_SLOTS_PER_SM: 8 at FWD_MAXNREG's 255 registers), while the segment pass, which
+# only has to reach the start of the main kernel's last segment, cuts that part as finely as
+# FWD_SEG_WAVES asks. Before (one cut for both) the pass covered 15/16 of 8 x 2048 x 4096 (0.39 ms
+# of a 1.40 ms forward, session 8); with 2 main segments it covers half.
+FWD_MAIN_SLOTS_PER_SM = 8
+FWD_MAIN_FILL = 0.9
 # The backward's: many short waves (session 7, with BWD_SEG_SLOTS_PER_SM = 12): fwd+bwd 9.85 / 52.2 ms
 # at 4 x 1536 x 16384 / 1 x 512 x 2^20 against 10.50 / 55.2 with 4 waves of 8 slots. SEG_STATE_BUDGET
 # then caps the second at 1,024 segments (untimed; 745 and 1,490 segments ran 53.9 and 52.3 ms).
@@ -174,9 +181,10 @@ class ScanPlan:
 
     chunk: int
     fwd_block: int
-    fwd_seg_chunks: int
+    fwd_seg_chunks: int  # the main kernel's segments
     bwd_block: int
     bwd_seg_chunks: int
+    fwd_pass_chunks: int = 0  # the forward segment pass's, dividing fwd_seg_chunks (0: the same)
 
 
 @cache
@@ -230,6 +238,7 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
         # one channel per lane: the largest power of two dividing part_dim, <= 32 x LANE_WARPS;
         # FWD_SEQ_SLOTS_PER_SM counts warps
         fwd_slots = FWD_SEQ_SLOTS_PER_SM // LANE_WARPS * n_sm
+        main_slots = FWD_MAIN_SLOTS_PER_SM // LANE_WARPS * n_sm
         fwd_block = _lane_block(part_dim)
     else:
         # a few channels per program share the B/C tiles
@@ -237,6 +246,7 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
         fwd_block = next((k for k in divs if k >= 4 and rows // k >= FULL * fwd_slots), None)
         if fwd_block is None:
             fwd_block = next((k for k in divs if k >= 4), part_dim)
+        main_slots = fwd_slots
     # backward: more channels per program keep the dB/dC partial buffers small
     bwd_slots = BWD_SLOTS_PER_SM * n_sm
     fits = [k for k in divs if not var_bc or batch * (dim // k) * nps * length <= PARTIAL_BUDGET] or [part_dim]
@@ -250,13 +260,22 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
     if rows // bwd_block < FULL * bwd_slots:
         seg_slots = (BWD_SEG_SLOTS_PER_SM or BWD_SLOTS_PER_SM) * n_sm
         bwd_seg_chunks = _bwd_seg_chunks(rows // bwd_block, seg_slots, n_chunks, rows)
-    return ScanPlan(
-        chunk,
-        fwd_block,
-        _seg_chunks(rows // fwd_block, fwd_slots, n_chunks, FWD_FULL, FWD_SEG_WAVES),
-        bwd_block,
-        bwd_seg_chunks,
-    )
+    fwd_seg_chunks, fwd_pass_chunks = _fwd_seg_chunks(rows // fwd_block, main_slots, fwd_slots, n_chunks)
+    return ScanPlan(chunk, fwd_block, fwd_seg_chunks, bwd_block, bwd_seg_chunks, fwd_pass_chunks)
+
+
+def _fwd_seg_chunks(programs: int, main_slots: int, pass_slots: int, n_chunks: int) -> tuple[int, int]:
+    """The forward's chunks per main segment and per segment-pass segment (a divisor of the first),
+    for `programs` programs per segment: the main kernel's the fewest that fill FWD_MAIN_FILL of
+    `main_slots`, cut into pass segments near the size _seg_chunks picks for `pass_slots`."""
+    pcs = _seg_chunks(programs, pass_slots, n_chunks, FWD_FULL, FWD_SEG_WAVES)
+    if programs >= FWD_MAIN_FILL * main_slots or pcs >= n_chunks:
+        return n_chunks, n_chunks
+    cps = triton.cdiv(n_chunks, triton.cdiv(math.ceil(FWD_MAIN_FILL * main_slots), programs))
+    # `every` pass segments per main one, near the pass's own size; rounding up keeps the main count
+    every = max(1, round(cps / pcs))
+    pcs = triton.cdiv(cps, every)
+    return (n_chunks, n_chunks) if pcs * every >= n_chunks else (pcs * every, pcs)
 
 
 def _reg_cap(maxnreg: int | None, u: torch.Tensor, programs: int, slots_per_sm: int) -> dict:
@@ -275,7 +294,7 @@ def _groups(M: torch.Tensor) -> int:
 # the module settings plan_scan reads: part of the plan cache's key, since sweeps change them
 _PLAN_SETTINGS = ("CHUNK", "FWD_KERNEL", "LANE_WARPS", "FWD_SEQ_SLOTS_PER_SM", "FWD_SLOTS_PER_SM", "BWD_SLOTS_PER_SM",
                   "BWD_SEG_SLOTS_PER_SM", "PARTIAL_BUDGET", "SEG_STATE_BUDGET", "FULL", "FWD_FULL", "FWD_SEG_WAVES",
-                  "SEG_WAVES", "SEG_COARSEN")  # fmt: skip
+                  "SEG_WAVES", "SEG_COARSEN", "FWD_MAIN_SLOTS_PER_SM", "FWD_MAIN_FILL")  # fmt: skip
 _plans: dict[tuple, ScanPlan] = {}
 
 
@@ -376,6 +395,11 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     cps = plan.fwd_seg_chunks
     n_seg = triton.cdiv(n_chunks, cps)
     grid = (batch, dim // DK, n_seg)
+    # the segment pass's segments: `every` of them per main segment, those before the last one; the
+    # state passing gives the state entering each, and main segment s starts at pass segment s * every
+    pcs = plan.fwd_pass_chunks or cps
+    every = cps // pcs
+    n_pass = (n_seg - 1) * every + 1
     keep = _keep_factor(seq_idx, acc)
     flags = dict(
         B_CONST=B.dim() == 2,
@@ -398,15 +422,15 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     # kernel needs (C's rows, y, E) is made after the segment pass is launched
     Bk = _padded_bc(B, n_chunks * T, NP, acc) if step else B
     if n_seg > 1:
-        P = torch.empty(batch, dim, n_seg, d_state, dtype=acc, device=u.device)
+        P = torch.empty(batch, dim, n_pass, d_state, dtype=acc, device=u.device)
         S = torch.empty_like(P)
-        # the last segment's end state is the last chunk's E, which the main kernel writes: the
-        # segment pass skips it (at 2 segments that halves its work), and state passing does not read it
-        seg_grid = (batch, dim // DK, n_seg - 1)
-        f = SEG_COARSEN if cps % SEG_COARSEN == 0 else 1
+        # the last main segment's end state is the last chunk's E, which the main kernel writes: the
+        # segment pass stops before it, and state passing does not read the last P and S
+        seg_grid = (batch, dim // DK, n_pass - 1)
+        f = SEG_COARSEN if pcs % SEG_COARSEN == 0 else 1
         if step and FWD_SEG_KERNEL == "seq" and _seq_segments_ok(flags["HAS_SEQ"], u):
             _segment_state_fwd_seq_kernel[seg_grid](
-                u, delta, A, Bk, bias, keep, P, S, dim, length, d_state, n_chunks, cps, n_seg, bgd, bg,
+                u, delta, A, Bk, bias, keep, P, S, dim, length, d_state, n_chunks, pcs, n_pass, bgd, bg,
                 n_chunks * T, 0, DK=DK, T=T, NP=NP, FAST_EXP=fast_exp, num_warps=LANE_WARPS, **flags,
             )  # fmt: skip
         else:
@@ -423,8 +447,8 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
                 length,
                 d_state,
                 triton.cdiv(length, T * f),
-                cps // f,
-                n_seg,
+                pcs // f,
+                n_pass,
                 bgd,
                 bg,
                 DK=DK,
@@ -441,9 +465,9 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
             initial_state if has_h0 else P,
             h0,
             final,
-            n_seg,
+            n_pass,
             d_state,
-            SB=min(64, triton.next_power_of_2(n_seg)),
+            SB=min(64, triton.next_power_of_2(n_pass)),
             NP=NP,
             HAS_INIT=has_h0,
             REVERSE=False,
@@ -475,7 +499,8 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         d_state,
         n_chunks,
         cps,
-        n_seg,
+        n_pass,
+        every,
         bgd,
         cgd,
         bg,
@@ -490,7 +515,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         HAS_H0=has_h0,
         num_warps=LANE_WARPS if step else NUM_WARPS,
         **extra,
-        **_reg_cap(FWD_MAXNREG, u, batch * (dim // DK) * n_seg, FWD_SLOTS_PER_SM),
+        **_reg_cap(FWD_MAXNREG, u, batch * (dim // DK) * n_seg, 0),  # always: see FWD_MAXNREG
         **flags,
     )
     return y, E[:, :, -1].clone(), E
@@ -817,15 +842,18 @@ _selective_scan_fwd_op.register_autograd(_backward, setup_context=_setup_context
 
 class _SelectiveScanFn(torch.autograd.Function):
     """The eager path of selective_scan_triton: the custom op's autograd (same context and backward)
-    without its dispatch (see _eager)."""
+    without its dispatch (see _eager). It takes the forward's output already computed: the kernels
+    are queued before apply() does its bookkeeping (~15-45 us of host time on the H200 benchmark
+    machine, which the GPU would otherwise spend waiting for its first kernel, session 8)."""
 
     @staticmethod
-    def forward(ctx, *inputs):  # with a separate setup_context, apply() would bind defaults (inspect)
-        output = _scan_fwd(*inputs)
+    def forward(ctx, output, *inputs):  # with a separate setup_context, apply() would bind defaults (inspect)
         _setup_context(ctx, inputs, output)
         return output
 
-    backward = staticmethod(_backward)
+    @staticmethod
+    def backward(ctx, dy, dlast, dE):
+        return None, *_backward(ctx, dy, dlast, dE)
 
 
 def selective_scan_triton(
@@ -850,5 +878,9 @@ def selective_scan_triton(
     Packed sequences: the state restarts from zero where seq_idx changes along the length.
     """
     args = (u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), seq_idx)
-    y, last, _ = _SelectiveScanFn.apply(*args) if _eager(u) else _selective_scan_fwd_op(*args)
+    if _eager(u):
+        output = _scan_fwd(*args)
+        y, last, _ = _SelectiveScanFn.apply(output, *args) if torch.is_grad_enabled() else output
+    else:
+        y, last, _ = _selective_scan_fwd_op(*args)
     return (y, last) if return_last_state else y

@@ -266,7 +266,7 @@ def _selective_scan_fwd_kernel(
     z_ptr,
     bias_ptr,
     keep_ptr,  # (batch, length): 0 where a packed sequence starts, else 1
-    h0_ptr,  # (batch, dim, n_seg, N): state entering each segment
+    h0_ptr,  # (batch, dim, n_seg, N): states at the segment pass's boundaries, segment s's at s * h0_every
     y_ptr,  # (batch, dim, length)
     E_ptr,  # (batch, dim, n_chunks, N): state leaving each chunk, kept for the backward
     dim,
@@ -275,6 +275,7 @@ def _selective_scan_fwd_kernel(
     n_chunks,
     chunks_per_seg,
     n_seg,
+    h0_every,
     b_group_dim,
     c_group_dim,
     b_groups,
@@ -317,7 +318,7 @@ def _selective_scan_fwd_kernel(
         if C_CONST:
             Cd = tl.load(C_ptr + d * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)[:, None]
         if HAS_H0:
-            h = tl.load(h0_ptr + (row * n_seg + pid_s) * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)
+            h = tl.load(h0_ptr + (row * n_seg + pid_s * h0_every) * d_state + offs_n, mask=n_mask, other=0.0).to(ACC)
         else:
             h = tl.zeros([NP], dtype=ACC)
         t_next = c_first * T + offs_t
@@ -483,7 +484,7 @@ def _selective_scan_fwd_seq_kernel(
     z_ptr,
     bias_ptr,
     keep_ptr,  # (batch, length): 0 where a packed sequence starts, else 1
-    h0_ptr,  # (batch, dim, n_seg, N): state entering each segment
+    h0_ptr,  # (batch, dim, n_seg, N): states at the segment pass's boundaries, segment s's at s * h0_every
     y_ptr,  # (batch, dim, length)
     E_ptr,  # (batch, dim, n_chunks, N): state leaving each chunk, kept for the backward
     dim,
@@ -492,6 +493,7 @@ def _selective_scan_fwd_seq_kernel(
     n_chunks,
     chunks_per_seg,
     n_seg,
+    h0_every,
     b_group_dim,
     c_group_dim,
     b_groups,
@@ -553,7 +555,7 @@ def _selective_scan_fwd_seq_kernel(
         Cd = tl.load(C_ptr + d * d_state + n_idx, mask=n_mask, other=0.0).to(ACC)
         C0, C1, C2, C3, C4, C5, C6, C7 = Cd, Cd, Cd, Cd, Cd, Cd, Cd, Cd
     if HAS_H0:
-        h = tl.load(h0_ptr + (rows * n_seg + pid_s) * d_state + n_idx, mask=n_mask, other=0.0).to(ACC)
+        h = tl.load(h0_ptr + (rows * n_seg + pid_s * h0_every) * d_state + n_idx, mask=n_mask, other=0.0).to(ACC)
     else:
         h = tl.zeros([DK, NP], dtype=ACC)
     u_rows = u_ptr + (rows * length)[:, :, None] + steps  # (DK, 1, 8)

@@ -115,6 +115,9 @@ CASES = [
     (1, 2, 40, 4, 1, "var", dict(has_d=False, has_z=False, has_bias=False, has_h0=False), None),
     # segments of 4 chunks: the segment kernels walk them in one 4x longer chunk
     (1, 4, 37, 4, 1, "var", dict(has_h0=False), ScanPlan(4, 2, 4, 2, 4)),
+    # the forward's segment pass cut finer than its main segments (4 and 2 pass segments per main one)
+    (1, 4, 70, 4, 1, "var", {}, ScanPlan(8, 2, 4, 2, 2, 1)),
+    (2, 4, 70, 3, 1, "var", dict(has_h0=False), ScanPlan(8, 2, 4, 2, 2, 2)),
 ]
 
 
@@ -281,6 +284,9 @@ STEP_CASES = [
     # whole chunks and a power-of-two d_state: B and C rows need no padding (their own copy path)
     (2, 8, 32, 4, 1, "var", {}, ScanPlan(16, 8, 1, 2, 1)),
     (1, 16, 48, 8, 2, "var", {}, ScanPlan(16, 8, 2, 2, 2)),
+    # finer segment-pass segments than main ones, as plan_scan cuts 8 x 2048 x 4096 (2 main segments)
+    (1, 8, 70, 4, 1, "var", {}, ScanPlan(8, 8, 4, 2, 2, 1)),
+    (2, 16, 61, 4, 2, "var", dict(has_h0=False), ScanPlan(8, 8, 6, 2, 2, 2)),
 ]
 
 
@@ -326,6 +332,25 @@ def test_step_kernels_need_one_channel_per_lane_on_the_gpu():
     assert not triton_scan._one_per_lane(4, on_gpu=False)
 
 
+@pytest.mark.parametrize("batch,dim,length", [(8, 2048, 4096), (4, 1536, 16384), (1, 512, 1 << 20), (2, 256, 1 << 20)])
+def test_forward_plan_cuts_the_segment_pass_finer(batch, dim, length):
+    """At the anchor shapes (H200: 132 SMs): the main kernel gets the fewest segments that fill
+    FWD_MAIN_FILL of its resident slots; the segment pass's segments divide them and are those
+    _seg_chunks picks, so the pass covers all but the last main segment at full occupancy."""
+    plan = triton_scan.plan_scan(batch, dim, length, 16, dim, True, 132)
+    n_chunks = length // plan.chunk
+    programs = batch * dim // plan.fwd_block
+    main, pcs = plan.fwd_seg_chunks, plan.fwd_pass_chunks
+    n_main = -(-n_chunks // main)
+    slots = triton_scan.FWD_MAIN_FILL * triton_scan.FWD_MAIN_SLOTS_PER_SM * 132
+    assert main % pcs == 0 and n_main > 1
+    assert n_main * programs >= slots and (n_main - 1) * programs < slots
+    want = triton_scan._seg_chunks(programs, 16 * 132, n_chunks, triton_scan.FWD_FULL, triton_scan.FWD_SEG_WAVES)
+    assert 0.75 * want <= pcs <= 1.5 * want
+    if (batch, dim) == (8, 2048):
+        assert (n_main, main // pcs) == (2, 8)  # the pass covers half the length, not 15/16 of it
+
+
 def test_lane_warps_widen_the_step_kernels_programs(monkeypatch):
     """LANE_WARPS = 2: the step kernels' programs hold 64 channels, one per lane of two warps, and on
     the GPU only those run them; the forward's plan counts its resident programs in warps."""
@@ -334,9 +359,11 @@ def test_lane_warps_widen_the_step_kernels_programs(monkeypatch):
     assert triton_scan._one_per_lane(64, on_gpu=True) and not triton_scan._one_per_lane(32, on_gpu=True)
     plan = triton_scan.plan_scan(8, 2048, 4096, 16, 2048, True, 132)
     assert plan.fwd_block == 64
-    # 256 programs of 2 warps against 8 x 132 resident: segments for FWD_SEG_WAVES waves
-    assert plan.fwd_seg_chunks == triton_scan._seg_chunks(256, 8 * 132, 128, triton_scan.FWD_FULL,
-                                                          triton_scan.FWD_SEG_WAVES)  # fmt: skip
+    # 256 programs of 2 warps against 8 x 132 resident: the segment pass's segments for FWD_SEG_WAVES
+    # waves, and two main segments (512 programs) against the main kernel's 4 x 132
+    assert plan.fwd_pass_chunks == triton_scan._seg_chunks(256, 8 * 132, 128, triton_scan.FWD_FULL,
+                                                           triton_scan.FWD_SEG_WAVES)  # fmt: skip
+    assert plan.fwd_seg_chunks == 64
 
 
 def test_lane_warps_2_step_kernels_match_reference(force_plan, monkeypatch):
@@ -467,3 +494,23 @@ def test_plan_step_forward_blocks_are_powers_of_two():
     """The step-by-step forward's tile is (DK, N): DK must be a power of two dividing the group."""
     for part_dim, want in [(6, 2), (12, 4), (40, 8), (96, 32), (2048, 32), (7, 1)]:
         assert triton_scan.plan_scan(1, part_dim, 4096, 16, part_dim, True, 132).fwd_block == want
+
+
+def test_eager_forward_queues_its_kernels_before_autograd(monkeypatch):
+    """The eager path launches the forward before autograd.Function.apply's bookkeeping (host time the
+    GPU would spend idle), and skips apply altogether without grad mode; gradients still flow."""
+    calls = []
+    fwd, apply = triton_scan._scan_fwd, triton_scan._SelectiveScanFn.apply
+    monkeypatch.setattr(triton_scan, "_scan_fwd", lambda *a: calls.append("kernels") or fwd(*a))
+    monkeypatch.setattr(triton_scan._SelectiveScanFn, "apply", lambda *a: calls.append("apply") or apply(*a))
+    inputs = make_inputs(1, 4, 16, 4, 1, "var")
+    for k in ("u", "delta", "A", "B", "C"):
+        inputs[k].requires_grad_(True)
+    with torch.no_grad():
+        triton_fn(**inputs, delta_softplus=True)
+    assert calls == ["kernels"]
+    calls.clear()
+    y = triton_fn(**inputs, delta_softplus=True)
+    assert calls == ["kernels", "apply"] and y.grad_fn is not None
+    y.sum().backward()
+    assert all(inputs[k].grad is not None for k in ("u", "delta", "A", "B", "C"))
