@@ -141,8 +141,13 @@ FWD_SEG_WAVES = 4
 # only has to reach the start of the main kernel's last segment, cuts that part as finely as
 # FWD_SEG_WAVES asks. Before (one cut for both) the pass covered 15/16 of 8 x 2048 x 4096 (0.39 ms
 # of a 1.40 ms forward, session 8); with 2 main segments it covers half.
+# Only where that leaves at most FWD_MAIN_SEGMENTS main segments: a pass over (n-1)/n of the length
+# saves little past that, and one wave of long main programs ran slower than many waves of short ones
+# (H200, session 8, fwd+bwd: 8 x 2048 x 4096 5.91 against 6.09-6.16 ms with 2 main segments; 1 x 512
+# x 2^20 51.5-51.7 against 50.1-50.5 with 60).
 FWD_MAIN_SLOTS_PER_SM = 8
 FWD_MAIN_FILL = 0.9
+FWD_MAIN_SEGMENTS = 4
 # The backward's: many short waves (session 7, with BWD_SEG_SLOTS_PER_SM = 12): fwd+bwd 9.85 / 52.2 ms
 # at 4 x 1536 x 16384 / 1 x 512 x 2^20 against 10.50 / 55.2 with 4 waves of 8 slots. SEG_STATE_BUDGET
 # then caps the second at 1,024 segments (untimed; 745 and 1,490 segments ran 53.9 and 52.3 ms).
@@ -161,7 +166,8 @@ SEG_COARSEN = 4
 # allowed 255 it takes 248 and hoists loads further ahead of their use, at half the resident warps.
 # The H200 measured that as faster (session 7, benchmarks/results/README.md): forward 12.61 against
 # 13.96 ms at 1 x 512 x 2^20, fwd+bwd 7.10 / 10.82 against 7.12 / 10.99 ms at the other two shapes.
-# (Raising the step segment kernels' registers the same way made them slower.)
+# (Raising the step segment kernels' registers the same way made them slower.) Unlike the backward's
+# cap, this one applies to every forward launch, one wave or several (FWD_MAIN_SLOTS_PER_SM).
 FWD_MAXNREG = 255
 BWD_MAXNREG = 168
 # The backward's (N, T) tiles take their layout from the B/C loads, which the compiler vectorises
@@ -267,11 +273,15 @@ def plan_scan(batch: int, dim: int, length: int, d_state: int, part_dim: int, va
 def _fwd_seg_chunks(programs: int, main_slots: int, pass_slots: int, n_chunks: int) -> tuple[int, int]:
     """The forward's chunks per main segment and per segment-pass segment (a divisor of the first),
     for `programs` programs per segment: the main kernel's the fewest that fill FWD_MAIN_FILL of
-    `main_slots`, cut into pass segments near the size _seg_chunks picks for `pass_slots`."""
+    `main_slots`, cut into pass segments near the size _seg_chunks picks for `pass_slots`; past
+    FWD_MAIN_SEGMENTS main segments, one cut for both (_seg_chunks')."""
     pcs = _seg_chunks(programs, pass_slots, n_chunks, FWD_FULL, FWD_SEG_WAVES)
     if programs >= FWD_MAIN_FILL * main_slots or pcs >= n_chunks:
         return n_chunks, n_chunks
-    cps = triton.cdiv(n_chunks, triton.cdiv(math.ceil(FWD_MAIN_FILL * main_slots), programs))
+    n_main = triton.cdiv(math.ceil(FWD_MAIN_FILL * main_slots), programs)
+    if n_main > FWD_MAIN_SEGMENTS:
+        return pcs, pcs
+    cps = triton.cdiv(n_chunks, n_main)
     # `every` pass segments per main one, near the pass's own size; rounding up keeps the main count
     every = max(1, round(cps / pcs))
     pcs = triton.cdiv(cps, every)
@@ -294,7 +304,8 @@ def _groups(M: torch.Tensor) -> int:
 # the module settings plan_scan reads: part of the plan cache's key, since sweeps change them
 _PLAN_SETTINGS = ("CHUNK", "FWD_KERNEL", "LANE_WARPS", "FWD_SEQ_SLOTS_PER_SM", "FWD_SLOTS_PER_SM", "BWD_SLOTS_PER_SM",
                   "BWD_SEG_SLOTS_PER_SM", "PARTIAL_BUDGET", "SEG_STATE_BUDGET", "FULL", "FWD_FULL", "FWD_SEG_WAVES",
-                  "SEG_WAVES", "SEG_COARSEN", "FWD_MAIN_SLOTS_PER_SM", "FWD_MAIN_FILL")  # fmt: skip
+                  "SEG_WAVES", "SEG_COARSEN", "FWD_MAIN_SLOTS_PER_SM", "FWD_MAIN_FILL",
+                  "FWD_MAIN_SEGMENTS")  # fmt: skip
 _plans: dict[tuple, ScanPlan] = {}
 
 

@@ -332,20 +332,24 @@ def test_step_kernels_need_one_channel_per_lane_on_the_gpu():
     assert not triton_scan._one_per_lane(4, on_gpu=False)
 
 
-@pytest.mark.parametrize("batch,dim,length", [(8, 2048, 4096), (4, 1536, 16384), (1, 512, 1 << 20), (2, 256, 1 << 20)])
+@pytest.mark.parametrize("batch,dim,length", [(8, 2048, 4096), (4, 2048, 16384), (1, 512, 1 << 20), (2, 256, 1 << 20)])
 def test_forward_plan_cuts_the_segment_pass_finer(batch, dim, length):
-    """At the anchor shapes (H200: 132 SMs): the main kernel gets the fewest segments that fill
-    FWD_MAIN_FILL of its resident slots; the segment pass's segments divide them and are those
-    _seg_chunks picks, so the pass covers all but the last main segment at full occupancy."""
+    """H200 (132 SMs): the main kernel gets the fewest segments that fill FWD_MAIN_FILL of its resident
+    slots, if at most FWD_MAIN_SEGMENTS, and the segment pass's segments divide them near the size
+    _seg_chunks picks, so the pass covers all but the last main segment at full occupancy. With more
+    main segments (the 2^20-step shapes) both take _seg_chunks' cut."""
     plan = triton_scan.plan_scan(batch, dim, length, 16, dim, True, 132)
     n_chunks = length // plan.chunk
     programs = batch * dim // plan.fwd_block
     main, pcs = plan.fwd_seg_chunks, plan.fwd_pass_chunks
     n_main = -(-n_chunks // main)
     slots = triton_scan.FWD_MAIN_FILL * triton_scan.FWD_MAIN_SLOTS_PER_SM * 132
-    assert main % pcs == 0 and n_main > 1
-    assert n_main * programs >= slots and (n_main - 1) * programs < slots
     want = triton_scan._seg_chunks(programs, 16 * 132, n_chunks, triton_scan.FWD_FULL, triton_scan.FWD_SEG_WAVES)
+    if length == 1 << 20:
+        assert main == pcs == want
+        return
+    assert main % pcs == 0 and 1 < n_main <= triton_scan.FWD_MAIN_SEGMENTS
+    assert n_main * programs >= slots and (n_main - 1) * programs < slots
     assert 0.75 * want <= pcs <= 1.5 * want
     if (batch, dim) == (8, 2048):
         assert (n_main, main // pcs) == (2, 8)  # the pass covers half the length, not 15/16 of it
