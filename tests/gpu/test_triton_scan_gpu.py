@@ -93,6 +93,18 @@ def test_against_reference_4096(groups, segments, monkeypatch):
     compare(got32, want, 1e-4)
 
 
+def test_forward_fine_segment_pass_against_reference(monkeypatch):
+    """The forward's segment pass cut finer than its main segments (as plan_scan cuts 8 x 2048 x 4096:
+    2 main segments of 8 pass segments each): 8 main segments of 16 chunks, 8 pass segments each."""
+    from core.ops import selective_scan_ref, triton_scan
+
+    monkeypatch.setattr(triton_scan, "plan_scan", lambda *a, **k: triton_scan.ScanPlan(32, 32, 16, 8, 5, 2))
+    x = make(2, 32, 4096)
+    want = fwd_bwd(selective_scan_ref, x, cast=torch.float64)
+    compare(fwd_bwd(triton_fn, x), want, 1e-2)
+    compare(fwd_bwd(triton_fn, x, cast=torch.float32), want, 1e-4)
+
+
 # (chunk, channels per program, chunks per segment): whole and partial segments, 8 to 32 lanes
 STEP_PLANS = [(32, 32, 128), (32, 32, 7), (64, 32, 7), (32, 16, 4), (32, 8, 8), (64, 4, 7)]
 
