@@ -711,6 +711,7 @@ def _scan_bwd(
             EMIT_Y=emit_y,
             FAST_EXP=u.is_cuda and acc == torch.float32,
             RUN=BWD_LOAD_RUN,
+            N_FULL=d_state == NP,
             num_warps=BWD_NUM_WARPS,
             **_reg_cap(BWD_MAXNREG, u, batch * (dim // DK) * n_seg, BWD_SLOTS_PER_SM),
             **flags,

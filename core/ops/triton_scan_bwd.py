@@ -272,6 +272,7 @@ def _selective_scan_bwd_kernel(
     EMIT_Y: tl.constexpr = False,
     FAST_EXP: tl.constexpr = False,
     RUN: tl.constexpr = 0,
+    N_FULL: tl.constexpr = False,
 ):
     """Chunks of segment pid_s from last to first, and per chunk the DK channels; per channel:
 
@@ -288,7 +289,11 @@ def _selective_scan_bwd_kernel(
     pid_b, pid_d, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_t = tl.arange(0, T)
     offs_n = tl.arange(0, NP)
-    n_mask = offs_n < d_state
+    if N_FULL:  # d_state == NP: no state masks, and strides the compiler knows (vector loads and stores)
+        d_state = NP
+        n_mask = tl.full([NP], 1, tl.int1)
+    else:
+        n_mask = offs_n < d_state
     d0 = pid_d * DK
     b_group = d0 // b_group_dim
     c_group = d0 // c_group_dim
@@ -319,13 +324,15 @@ def _selective_scan_bwd_kernel(
         next_mask = (t + 1 < length) & (offs_t < T - 1)
         if HAS_SEQ:  # one row for all channels; padded steps keep (1)
             keep = tl.load(keep_row + t, mask=t_mask, other=1.0).to(ACC)
-            keep_n = tl.load(keep_row + t + 1, mask=next_mask, other=1.0).to(ACC)
+            keep_n_r = tl.flip(tl.load(keep_row + t + 1, mask=next_mask, other=1.0).to(ACC), 0)
         if not B_CONST:
             Bd = tl.load(B_base + tile_offs, mask=tile_mask, other=0.0).to(ACC)
             dB_acc = tl.zeros([NP, T], dtype=ACC)
         if not C_CONST:
             Cd = tl.load(C_base + tile_offs, mask=tile_mask, other=0.0).to(ACC)
             dC_acc = tl.zeros([NP, T], dtype=ACC)
+            # the reverse scan's C, flipped once for all the chunk's channels (each then flips only its dy)
+            Cd_r = tl.flip(Cd, 1)
         # the state entering this chunk: E of the previous chunk, or the initial state
         if c == 0:
             h0_base = h0_ptr
@@ -411,12 +418,15 @@ def _selective_scan_bwd_kernel(
                 dC_acc += h * dy[None, :]
             # The reverse scan as a forward scan of the chunk flipped along its steps, flipped back:
             # Triton's reverse=True scan over a (16, 32) tile costs ~11x the shuffles of a forward
-            # one (sm_90: 352 vs 32), two flips ~48 each (benchmarks/sass_stats.py)
+            # one (sm_90: 352 vs 32), a tile's flip ~48 (benchmarks/sass_stats.py). C is flipped once
+            # per chunk, so a channel flips two vectors (dt_next, dy) and one tile (g): 1,039 SASS
+            # instructions a channel and chunk, against 1,078 flipping C * dy here (session 8)
             dt_next_r = tl.flip(dt_next, 0)
             dA_next_r = _exp2(dt_next_r[None, :] * A2[:, None], FAST_EXP)  # step T-1-j's dA_{t+1} in column j
             if HAS_SEQ:
-                dA_next_r *= tl.flip(keep_n, 0)[None, :]
-            ra_r, rb_r = tl.associative_scan((dA_next_r, tl.flip(Cd * dy[None, :], 1)), 1, _scan_combine)
+                dA_next_r *= keep_n_r[None, :]
+            dy_r = tl.flip(dy, 0)[None, :]
+            ra_r, rb_r = tl.associative_scan((dA_next_r, (Cd if C_CONST else Cd_r) * dy_r), 1, _scan_combine)
             g = tl.flip(rb_r + ra_r * R[:, None], 1)  # (NP, T)
             # gradient into h_{c*T - 1}, dA_0 g_0: the carry for the previous chunk, stored from
             # step 0's column of the tile itself (extracting that column with a reduction over the
