@@ -643,17 +643,19 @@ def _scan_bwd(
     if step:  # after the summing segment pass, whose grid is the plan's
         DK = step_dk
     # every slice below is written exactly once (one program owns each channel and chunk)
+    # per (channel, chunk) partials chunk-major: summing (batch, n_chunks, dim, N) over its two leading
+    # axes reads memory in order (~2x faster than over axes 0 and 2 of (batch, dim, n_chunks, N))
     if B.dim() == 2:
-        dB_part = torch.empty(batch, dim, n_chunks, d_state, dtype=acc, device=dev)
+        dB_part = torch.empty(batch, n_chunks, dim, d_state, dtype=acc, device=dev)
     else:
         dB_part = torch.empty(batch, bg, bgd // DK, d_state, length, dtype=acc, device=dev)
     if C.dim() == 2:
-        dC_part = torch.empty(batch, dim, n_chunks, d_state, dtype=acc, device=dev)
+        dC_part = torch.empty(batch, n_chunks, dim, d_state, dtype=acc, device=dev)
     else:
         dC_part = torch.empty(batch, cg, cgd // DK, d_state, length, dtype=acc, device=dev)
-    dA_part = torch.empty(batch, dim, n_chunks, d_state, dtype=acc, device=dev)
-    dD_part = torch.empty(batch, dim, n_chunks, dtype=acc, device=dev)
-    dbias_part = torch.empty(batch, dim, n_chunks, dtype=acc, device=dev)
+    dA_part = torch.empty(batch, n_chunks, dim, d_state, dtype=acc, device=dev)
+    dD_part = torch.empty(batch, n_chunks, dim, dtype=acc, device=dev)
+    dbias_part = torch.empty(batch, n_chunks, dim, dtype=acc, device=dev)
     # the kernel picks the initial state or E by chunk: both must be the same pointer type
     h0 = initial_state.to(acc) if initial_state is not None else E
     if step:
@@ -718,16 +720,16 @@ def _scan_bwd(
         )
     # fixed-order sums over the partial slices: the same bits on every run
     if B.dim() == 2:
-        dB = dB_part.sum((0, 2))
+        dB = dB_part.sum((0, 1))
     else:
         dB = dB_part.sum(2).reshape(B.shape)
     if C.dim() == 2:
-        dC = dC_part.sum((0, 2))
+        dC = dC_part.sum((0, 1))
     else:
         dC = dC_part.sum(2).reshape(C.shape)
-    dA = dA_part.sum((0, 2)).to(A.dtype)
-    dD = dD_part.sum((0, 2)).to(D.dtype) if D is not None else None
-    dbias = dbias_part.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
+    dA = dA_part.sum((0, 1)).to(A.dtype)
+    dD = dD_part.sum((0, 1)).to(D.dtype) if D is not None else None
+    dbias = dbias_part.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else None
     dinit = R[:, :, 0].to(initial_state.dtype) if initial_state is not None else None
     return du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, dbias, dinit, y
 

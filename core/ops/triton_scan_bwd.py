@@ -243,9 +243,9 @@ def _selective_scan_bwd_kernel(
     y_ptr,  # (batch, dim, length): the forward's output, recomputed, with EMIT_Y
     dB_ptr,
     dC_ptr,  # (batch, groups, dim / groups / DK, N, length), or (batch, dim, n_chunks, N) if constant
-    dA_ptr,  # (batch, dim, n_chunks, N)
+    dA_ptr,  # (batch, n_chunks, dim, N): chunk-major, so torch sums the partials over leading axes
     dD_ptr,
-    dbias_ptr,  # (batch, dim, n_chunks)
+    dbias_ptr,  # (batch, n_chunks, dim)
     dim,
     length,
     d_state,
@@ -411,7 +411,7 @@ def _selective_scan_bwd_kernel(
             # Each (NP, T) tile costs 16 registers a thread: use every tile up before the
             # reverse scan so the backward stays near 8 warps a multiprocessor (see CHUNK).
             h_prev = h - x  # dA_t * h_{t-1}
-            offs_chunk = row * n_chunks + c
+            offs_chunk = (pid_b * n_chunks + c).to(tl.int64) * dim + d
             if C_CONST:
                 tl.store(dC_ptr + offs_chunk * d_state + offs_n, tl.sum(h * dy[None, :], axis=1), mask=n_mask)
             else:
@@ -559,9 +559,9 @@ def _selective_scan_bwd_seq_kernel(
     y_ptr,  # (batch, dim, length): the forward's output, recomputed, with EMIT_Y
     dB_ptr,
     dC_ptr,  # (batch, groups, group_dim / DK, N, length): one slice per program's channels
-    dA_ptr,  # (batch, dim, n_chunks, N)
+    dA_ptr,  # (batch, n_chunks, dim, N): chunk-major, so torch sums the partials over leading axes
     dD_ptr,
-    dbias_ptr,  # (batch, dim, n_chunks)
+    dbias_ptr,  # (batch, n_chunks, dim)
     S_ptr,  # scratch (programs, T / 2, DK, NP) float32: the state entering every 2 steps of a chunk
     dim,
     length,
@@ -742,7 +742,7 @@ def _selective_scan_bwd_seq_kernel(
             out = (rows * length)[:, :, None] + steps + t0
             tl.store(du_ptr + out, _zip4(du0, du1, du2, du3).to(du_ptr.dtype.element_ty), mask=m)
             tl.store(ddelta_ptr + out, _zip4(dd0, dd1, dd2, dd3).to(ddelta_ptr.dtype.element_ty), mask=m)
-        offs_chunk = rows * n_chunks + c  # (DK, 1)
+        offs_chunk = (pid_b * n_chunks + c).to(tl.int64) * dim + d  # (DK, 1)
         tl.store(dA_ptr + offs_chunk * d_state + n_idx, dA_acc, mask=n_mask)
         if HAS_D:
             tl.store(dD_ptr + offs_chunk, dD_acc)
