@@ -39,11 +39,11 @@ BWD_SEG_KERNEL; packed rows on a GPU excepted, see _seq_segments_ok), the tile-s
 (BWD_KERNEL: the step one is exact but slower, see its setting). On a GPU the step kernels run
 only with one channel per lane (_one_per_lane).
 
-Speed (benchmarks/results/README.md, H200, fwd+bwd against mamba_ssm's CUDA kernel, session 7):
-1.38-1.40x at the two 2^20-step anchor shapes, 0.85x at 8 x 2048 x 4096 and 0.965x at
-4 x 1536 x 16384; the forward alone 0.85-1.06x. The backward kernel (~3/4 of the time) is bound by
-instruction issue: its two tile scans and the sums over states cost ~38 instructions per
-state-step, near the floor of this design (benchmarks/sass_stats.py counts SASS without a GPU).
+Speed (benchmarks/results/README.md, H200, fwd+bwd against mamba_ssm's CUDA kernel, session 8):
+1.43-1.45x at the two 2^20-step anchor shapes, 1.04x at 4 x 1536 x 16384 and 0.98-0.99x at
+8 x 2048 x 4096; the forward alone 0.94-1.09x. The backward kernel (~3/4 of the time) is bound by
+instruction issue: its two tile scans, their flips and the sums over states cost ~32 instructions
+per state-step, near the floor of this design (benchmarks/sass_stats.py counts SASS without a GPU).
 Host time counts too: the GPU waits for the Python before a call's first long kernel, so eager
 calls skip the custom ops' dispatch (_eager) and plans are remembered (_make_plan).
 
