@@ -242,7 +242,7 @@ def _selective_scan_bwd_kernel(
     dz_ptr,  # (batch, dim, length)
     y_ptr,  # (batch, dim, length): the forward's output, recomputed, with EMIT_Y
     dB_ptr,
-    dC_ptr,  # (batch, groups, dim / groups / DK, N, length), or (batch, dim, n_chunks, N) if constant
+    dC_ptr,  # (batch, groups, dim / groups / DK, N, length), or (batch, n_chunks, dim, N) if constant
     dA_ptr,  # (batch, n_chunks, dim, N): chunk-major, so torch sums the partials over leading axes
     dD_ptr,
     dbias_ptr,  # (batch, n_chunks, dim)
@@ -366,19 +366,18 @@ def _selective_scan_bwd_kernel(
                 zz = z_next.to(ACC)
             h0 = h0_next.to(ACC)
             R = R_next
-            # the next channel's rows, in flight while this one computes
-            # (masks built as vectors: the interpreter rejects a scalar & vector mask)
-            more_t = t_mask & (offs_t * 0 + d + 1 < d0 + DK)
-            more_n = offs_n * 0 + d + 1 < d0 + DK
-            offs_n1 = offs + length
-            u_next = tl.load(u_ptr + offs_n1, mask=more_t, other=0.0)
-            raw_next = tl.load(delta_ptr + offs_n1, mask=more_t, other=0.0)
-            rawn_next = tl.load(delta_ptr + offs_n1 + 1, mask=next_mask & more_t, other=0.0)
-            dy_next = tl.load(dy_ptr + offs_n1, mask=more_t, other=0.0)
+            # the next channel's rows, in flight while this one computes; the last channel re-reads
+            # its own (unused) instead of masking them off: no per-element predicates in the loop
+            nxt = (d + 1 < d0 + DK).to(tl.int64)
+            offs_n1 = offs + nxt * length
+            u_next = tl.load(u_ptr + offs_n1, mask=t_mask, other=0.0)
+            raw_next = tl.load(delta_ptr + offs_n1, mask=t_mask, other=0.0)
+            rawn_next = tl.load(delta_ptr + offs_n1 + 1, mask=next_mask, other=0.0)
+            dy_next = tl.load(dy_ptr + offs_n1, mask=t_mask, other=0.0)
             if HAS_Z:
-                z_next = tl.load(z_ptr + offs_n1, mask=more_t, other=0.0)
-            h0_next = tl.load(h0_base + (row + 1) * h0_stride + offs_n, mask=h0_mask & more_n, other=0.0)
-            R_next = tl.load(R_ptr + ((row + 1) * n_seg + pid_s) * d_state + offs_n, mask=n_mask & more_n, other=0.0)
+                z_next = tl.load(z_ptr + offs_n1, mask=t_mask, other=0.0)
+            h0_next = tl.load(h0_base + (row + nxt) * h0_stride + offs_n, mask=h0_mask, other=0.0)
+            R_next = tl.load(R_ptr + ((row + nxt) * n_seg + pid_s) * d_state + offs_n, mask=n_mask, other=0.0)
 
             bias = tl.load(bias_ptr + d).to(ACC) if HAS_BIAS else 0.0
             dt, raw = _delta(raw_t, bias, t_mask, HAS_BIAS, SOFTPLUS, FAST_EXP)
