@@ -182,7 +182,7 @@ def main(argv=None):
     if args.kernel == "fwdseq":
         runs.append(("fwdseq", ts._selective_scan_fwd_seq_kernel, lane, ts.LANE_WARPS))
     if args.kernel in ("bwd", "both"):
-        bwd = {**common, "DK": plan.bwd_block, "FAST_EXP": True, "RUN": ts.BWD_LOAD_RUN, "N_FULL": True}
+        bwd = {**common, "DK": plan.bwd_block, "FAST_EXP": True, "RUN": ts.BWD_LOAD_RUN, "N_FULL": True, "EVEN_T": True}
         runs.append(("bwd", ts._selective_scan_bwd_kernel, bwd, ts.BWD_NUM_WARPS))
     for name, kernel, constexprs, warps in runs:
         constexprs["DK"] = args.dk or constexprs["DK"]

@@ -714,6 +714,7 @@ def _scan_bwd(
             FAST_EXP=u.is_cuda and acc == torch.float32,
             RUN=BWD_LOAD_RUN,
             N_FULL=d_state == NP,
+            EVEN_T=length % T == 0,
             num_warps=BWD_NUM_WARPS,
             **_reg_cap(BWD_MAXNREG, u, batch * (dim // DK) * n_seg, BWD_SLOTS_PER_SM),
             **flags,

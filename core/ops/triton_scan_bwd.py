@@ -273,6 +273,7 @@ def _selective_scan_bwd_kernel(
     FAST_EXP: tl.constexpr = False,
     RUN: tl.constexpr = 0,
     N_FULL: tl.constexpr = False,
+    EVEN_T: tl.constexpr = False,
 ):
     """Chunks of segment pid_s from last to first, and per chunk the DK channels; per channel:
 
@@ -314,14 +315,17 @@ def _selective_scan_bwd_kernel(
     for j in range(0, c_end - c_first):
         c = c_end - 1 - j
         t = c * T + offs_t
-        t_mask = t < length
+        if EVEN_T:  # every chunk whole: no step masks (the last column's dA_{t+1} stays the carry's)
+            t_mask = tl.full([T], 1, tl.int1)
+        else:
+            t_mask = t < length
         if RUN > 0:
             tile_offs = offs_n[:, None] * length + (t + (offs_t // RUN) * zero)[None, :]
         else:
             tile_offs = offs_n[:, None] * length + t[None, :]
         tile_mask = n_mask[:, None] & t_mask[None, :]
         # dA_{t+1} belongs to the next chunk at the last column: 1 there, the carry R holds the rest
-        next_mask = (t + 1 < length) & (offs_t < T - 1)
+        next_mask = (offs_t < T - 1) if EVEN_T else (t + 1 < length) & (offs_t < T - 1)
         if HAS_SEQ:  # one row for all channels; padded steps keep (1)
             keep = tl.load(keep_row + t, mask=t_mask, other=1.0).to(ACC)
             keep_n_r = tl.flip(tl.load(keep_row + t + 1, mask=next_mask, other=1.0).to(ACC), 0)
