@@ -164,7 +164,7 @@ def main(argv=None):
     plan = ts.plan_scan(batch, dim, length, 16, dim, True, n_sm=132)
     common = dict(T=plan.chunk, NP=16, B_CONST=False, C_CONST=False, HAS_D=True, HAS_Z=True, HAS_BIAS=True,
                   SOFTPLUS=True, HAS_H0=False, HAS_SEQ=False, IS_F64=False)  # fmt: skip
-    lane = {**common, "DK": 32 * ts.LANE_WARPS, "FAST_EXP": True}  # the one-channel-per-lane kernels
+    lane = {**common, "DK": 32 * ts.LANE_WARPS, "FAST_EXP": True, "EVEN_T": True}  # one channel per lane
     runs = []
     if args.kernel in ("fwd", "both"):
         runs.append(("fwd", ts._selective_scan_fwd_kernel, {**common, "DK": plan.fwd_block}, ts.NUM_WARPS))

@@ -442,7 +442,9 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         if step and FWD_SEG_KERNEL == "seq" and _seq_segments_ok(flags["HAS_SEQ"], u):
             _segment_state_fwd_seq_kernel[seg_grid](
                 u, delta, A, Bk, bias, keep, P, S, dim, length, d_state, n_chunks, pcs, n_pass, bgd, bg,
-                n_chunks * T, 0, DK=DK, T=T, NP=NP, FAST_EXP=fast_exp, num_warps=LANE_WARPS, **flags,
+                n_chunks * T, 0, DK=DK, T=T, NP=NP, FAST_EXP=fast_exp, num_warps=LANE_WARPS,
+                EVEN_T=True,  # the pass stops before the last chunk, the only one that can be partial
+                **flags,
             )  # fmt: skip
         else:
             _segment_state_fwd_kernel[seg_grid](
@@ -490,7 +492,9 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     y = torch.empty_like(u)
     E = torch.empty(batch, dim, n_chunks, d_state, dtype=acc, device=u.device)
     kernel, extra = (
-        (_selective_scan_fwd_seq_kernel, dict(FAST_EXP=fast_exp)) if step else (_selective_scan_fwd_kernel, {})
+        (_selective_scan_fwd_seq_kernel, dict(FAST_EXP=fast_exp, EVEN_T=length % T == 0))
+        if step
+        else (_selective_scan_fwd_kernel, {})
     )
     kernel[grid](
         u,

@@ -513,6 +513,7 @@ def _selective_scan_fwd_seq_kernel(
     HAS_SEQ: tl.constexpr,
     IS_F64: tl.constexpr,
     FAST_EXP: tl.constexpr,
+    EVEN_T: tl.constexpr = False,  # the length a whole number of 8-step blocks: no step masks
 ):
     """The scan step by step: a (DK, N) tile of states (channels x states) advances one time step
     at a time, h = exp(delta A) h + delta B u, and y = C h is a sum over the state axis.
@@ -564,7 +565,7 @@ def _selective_scan_fwd_seq_kernel(
     y_rows = y_ptr + (rows * length)[:, :, None] + steps
     for c in range(c_first, c_end):
         for t0 in range(c * T, c * T + T, 8):
-            m = (t0 + steps) < length  # (DK, 1, 8)
+            m = tl.full([DK, 1, 8], 1, tl.int1) if EVEN_T else (t0 + steps) < length  # (DK, 1, 8)
             u_blk = tl.load(u_rows + t0, mask=m, other=0.0).to(ACC)
             r_blk = tl.load(delta_rows + t0, mask=m, other=0.0).to(ACC)
             z_blk = tl.load(z_rows + t0, mask=m, other=0.0).to(ACC) if HAS_Z else u_blk
@@ -636,6 +637,7 @@ def _segment_state_fwd_seq_kernel(
     HAS_SEQ: tl.constexpr,
     IS_F64: tl.constexpr,
     FAST_EXP: tl.constexpr,
+    EVEN_T: tl.constexpr = False,  # the segments hold no step past the length: no step masks
 ):
     """_segment_state_fwd_kernel's outputs the step-by-step way: S, the state each segment leaves
     from a zero start, walked step by step as _selective_scan_fwd_seq_kernel walks it (no y, no E),
@@ -659,7 +661,7 @@ def _segment_state_fwd_seq_kernel(
     u_rows = u_ptr + (rows * length)[:, :, None] + steps  # (DK, 1, 8)
     delta_rows = delta_ptr + (rows * length)[:, :, None] + steps
     for t0 in range(c_first * T, c_end * T, 8):
-        m = (t0 + steps) < length  # (DK, 1, 8)
+        m = tl.full([DK, 1, 8], 1, tl.int1) if EVEN_T else (t0 + steps) < length  # (DK, 1, 8)
         u0, u1, u2, u3, u4, u5, u6, u7 = _unzip8(tl.load(u_rows + t0, mask=m, other=0.0).to(ACC))
         r0, r1, r2, r3, r4, r5, r6, r7 = _unzip8(tl.load(delta_rows + t0, mask=m, other=0.0).to(ACC))
         k_blk = tl.load(keep_row + t0, mask=m, other=1.0).to(ACC) if HAS_SEQ else tl.zeros([DK, 1, 8], ACC)
