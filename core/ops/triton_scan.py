@@ -377,7 +377,9 @@ def _padded_bc(M: torch.Tensor, padded_length: int, NP: int, acc: torch.dtype) -
     grouped = M if M.dim() == 4 else M.unsqueeze(1)
     batch, groups, d_state, length = grouped.shape
     if padded_length == length and NP == d_state:  # nothing to pad: no zeros to write (host time, see _eager)
-        # (not .to(acc, memory_format=...): when the dtype already matches it keeps the transposed strides)
+        if M.dtype != acc:  # one call: a conversion always copies, into the memory format asked for
+            return grouped.transpose(2, 3).to(acc, memory_format=torch.contiguous_format)
+        # (not .to() here: with the dtype unchanged it returns the transposed view itself)
         return torch.empty(batch, groups, length, d_state, dtype=acc, device=M.device).copy_(grouped.transpose(2, 3))
     out = torch.zeros(batch, groups, padded_length, NP, dtype=acc, device=M.device)
     out[:, :, :length, :d_state] = grouped.transpose(2, 3)

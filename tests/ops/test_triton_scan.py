@@ -518,3 +518,19 @@ def test_eager_forward_queues_its_kernels_before_autograd(monkeypatch):
     assert calls == ["kernels", "apply"] and y.grad_fn is not None
     y.sum().backward()
     assert all(inputs[k].grad is not None for k in ("u", "delta", "A", "B", "C"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("length,padded,d_state,NP", [(32, 32, 16, 16), (29, 32, 5, 8)])
+def test_padded_bc_rows_are_contiguous_float32_copies(dtype, length, padded, d_state, NP):
+    """The step kernels' B/C rows: a fresh contiguous float32 (batch, groups, padded, NP) tensor, zero
+    past the end, from (batch, N, L) or (batch, G, N, L) inputs, whether or not the dtype changes."""
+    g = torch.Generator().manual_seed(0)
+    for shape in [(2, d_state, length), (2, 3, d_state, length)]:
+        M = torch.randn(*shape, generator=g).to(dtype)
+        rows = triton_scan._padded_bc(M, padded, NP, torch.float32)
+        grouped = M if M.dim() == 4 else M.unsqueeze(1)
+        assert rows.dtype == torch.float32 and rows.is_contiguous()
+        assert rows.shape == (2, grouped.shape[1], padded, NP) and rows.data_ptr() != M.data_ptr()
+        assert torch.equal(rows[:, :, :length, :d_state], grouped.transpose(2, 3).float())
+        assert not rows[:, :, length:].any() and not rows[:, :, :, d_state:].any()
