@@ -6,6 +6,7 @@
 #   bash benchmarks/h200_run.sh synthetic       # selective copying + induction heads (issue 6)
 #   bash benchmarks/h200_run.sh audio           # SaShiMi SC09-size model: tokens/s and generation RTF (issue 5)
 #   bash benchmarks/h200_run.sh ncu             # Nsight Compute sections of the scan kernels at 8x2048x4096
+#   bash benchmarks/h200_run.sh ab              # the scan tables of two trees (benchmarks/ab_trees.sh OLD NEW)
 #
 # The device machine has torch, triton and lightning but not soundfile/soxr/pyfaidx: wheels for
 # those travel in .whl/ (see /work/.library/device/README.md) and are installed to /tmp/site.
@@ -39,6 +40,17 @@ stage_ncu() {
     $ncu -k "regex:_selective_scan_(fwd_seq|bwd)_kernel" --launch-count 4 $run >"$OUT/ncu.txt" 2>&1
     $ncu -k "regex:_selective_scan_bwd_seq_kernel" --launch-count 1 $run --set '{"BWD_KERNEL": "seq"}' >>"$OUT/ncu.txt" 2>&1
     grep -E "^  _sel|Issue Slots Busy|Warp Cycles Per Issued|Achieved Occupancy|Registers Per|No Eligible" "$OUT/ncu.txt"
+}
+
+# two trees from benchmarks/ab_trees.sh, each's scan table, alternating prev, cur, prev, cur (one run,
+# so machine drift hits both alike)
+stage_ab() {
+    : >"$OUT/ab.log"
+    for tree in prev cur prev cur; do
+        echo "== $tree" | tee -a "$OUT/ab.log"
+        (cd "_ab/$tree" && PYTHONPATH=$PWD:/tmp/site python3 benchmarks/gpu_scan.py 2>&1 |
+            grep -E "^(lm|audio|dna)_" | grep -v "fwd+bwd" | tee -a "$OUT/ab.log")
+    done
 }
 
 stage_lm() {
