@@ -47,7 +47,7 @@ CLASSES = {
     "shuffle": r"^SHFL",
     "mufu": r"^MUFU",
     "fma": r"^(FFMA|FMUL|FADD|FSEL|FMNMX)",
-    "int": r"^(IMAD|IADD3|LEA|ISETP|SHF|LOP3|IMNMX)",
+    "int": r"^(IMAD|IADD3|LEA|ISETP|SHF(?!L)|LOP3|IMNMX)",  # SHF, not SHFL (a shuffle)
     "load_global": r"^LDG",
     "store_global": r"^STG",
     "local (spills)": r"^(LDL|STL)",

@@ -513,7 +513,7 @@ def _selective_scan_fwd_seq_kernel(
     HAS_SEQ: tl.constexpr,
     IS_F64: tl.constexpr,
     FAST_EXP: tl.constexpr,
-    EVEN_T: tl.constexpr = False,  # the length a whole number of 8-step blocks: no step masks
+    EVEN_T: tl.constexpr = False,  # the length a whole number of chunks: no step masks
 ):
     """The scan step by step: a (DK, N) tile of states (channels x states) advances one time step
     at a time, h = exp(delta A) h + delta B u, and y = C h is a sum over the state axis.
