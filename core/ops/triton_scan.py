@@ -157,7 +157,7 @@ SEG_WAVES = 16
 SEG_COARSEN = 4
 # Register caps (ptx .maxnreg) for the two chunk kernels, applied only when the grid is more
 # than one wave of resident programs: a cap trades spills to local memory for more resident
-# warps, which pays only if there are programs waiting. On the H200 (benchmarks/results/h200.json,
+# warps, which pays only if there are programs waiting. On the H200 (benchmarks/results/README.md, session 1,
 # sweep) capping the backward at 128 registers made the segmented shapes 10% faster
 # (1 x 512 x 2^20: 98.9 -> 89.1 ms) and the one-wave 8 x 2048 x 4096 30% slower (11.3 -> 14.7 ms).
 # Since the backward needs 227 registers (session 5), 168 beats 128 where a cap applies: fwd+bwd
