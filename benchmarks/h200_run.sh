@@ -7,6 +7,7 @@
 #   bash benchmarks/h200_run.sh audio           # SaShiMi SC09-size model: tokens/s and generation RTF (issue 5)
 #   bash benchmarks/h200_run.sh ncu             # Nsight Compute sections of the scan kernels at 8x2048x4096
 #   bash benchmarks/h200_run.sh ab              # the scan tables of two trees (benchmarks/ab_trees.sh OLD NEW)
+#   AB_LM="lm130m_L2048" bash benchmarks/h200_run.sh ab   # or some of gpu_lm.py's runs
 #
 # The device machine has torch, triton and lightning but not soundfile/soxr/pyfaidx: wheels for
 # those travel in .whl/ (see /work/.library/device/README.md) and are installed to /tmp/site.
@@ -43,13 +44,18 @@ stage_ncu() {
 }
 
 # two trees from benchmarks/ab_trees.sh, each's scan table, alternating prev, cur, prev, cur (one run,
-# so machine drift hits both alike)
+# so machine drift hits both alike); AB_LM="RUN ..." times those gpu_lm.py runs instead
 stage_ab() {
     : >"$OUT/ab.log"
     for tree in prev cur prev cur; do
         echo "== $tree" | tee -a "$OUT/ab.log"
-        (cd "_ab/$tree" && PYTHONPATH=$PWD:/tmp/site python3 benchmarks/gpu_scan.py 2>&1 |
-            grep -E "^(lm|audio|dna)_" | grep -v "fwd+bwd" | tee -a "$OUT/ab.log")
+        if [ -n "${AB_LM:-}" ]; then
+            (cd "_ab/$tree" && PYTHONPATH=$PWD:/tmp/site python3 benchmarks/gpu_lm.py --only $AB_LM 2>&1 |
+                grep -E "^(lm|dna|gen)" | tee -a "$OUT/ab.log")
+        else
+            (cd "_ab/$tree" && PYTHONPATH=$PWD:/tmp/site python3 benchmarks/gpu_scan.py 2>&1 |
+                grep -E "^(lm|audio|dna)_" | grep -v "fwd+bwd" | tee -a "$OUT/ab.log")
+        fi
     done
 }
 

@@ -78,3 +78,37 @@ def test_fused_inner_keeps_less_for_backward():
             block(hidden)
         kept[fused] = len(seen)
     assert kept[True] == 2 and kept[False] == 5, kept
+
+
+def test_projections_under_autocast_cast_the_weight_not_its_batch_copies():
+    """Under autocast the (out, in) weight is cast before it is expanded over the batch: no copy or
+    cast makes a (B, out, in) tensor, forward or backward (the bmm's own (B, out, in) weight
+    gradient is the one left), and the products are autocast's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from core.ops.mamba_inner import _out_proj, channel_major
+
+    made = []
+
+    class RecordCopies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func._schema.name in ("aten::_to_copy", "aten::copy_", "aten::clone"):
+                made.append(tuple(out.shape))
+            return out
+
+    g = torch.Generator().manual_seed(3)
+    w, w_out = torch.randn(24, 8, generator=g), torch.randn(6, 24, generator=g)
+    x = torch.randn(5, 8, 7, generator=g)
+    leaves = [t.to(DEVICE).requires_grad_(True) for t in (w, w_out, x)]
+    with RecordCopies(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+        hidden = channel_major(leaves[0], leaves[2])  # (5, 24, 7)
+        out = _out_proj(leaves[1], None, hidden)  # (5, 7, 6)
+        out.float().square().sum().backward()
+    assert hidden.dtype == out.dtype == torch.bfloat16
+    assert (5, 24, 8) not in made and (5, 24, 6) not in made and (5, 6, 24) not in made
+    ref = [t.detach().clone().requires_grad_(True) for t in leaves]
+    want = torch.einsum("ei,bil->bel", ref[0], ref[2])
+    torch.einsum("de,bel->bld", ref[1], want).square().sum().backward()
+    for got, expect in zip(leaves, ref, strict=True):
+        torch.testing.assert_close(got.grad, expect.grad, rtol=5e-2, atol=5e-2 * expect.grad.abs().max().item())

@@ -27,6 +27,8 @@ def reference(x, w, b):
         (2, 10, 45, 4, True, torch.float32),  # channels and steps past a block: masked tails
         (1, 8, 3, 4, True, torch.float32),  # shorter than the kernel
         (2, 16, 70, 2, False, torch.float32),
+        (2, 9, 40, 3, True, torch.float32),
+        (1, 8, 37, 5, True, torch.float32),  # taps past a block edge on both sides
         (2, 10, 45, 4, True, torch.bfloat16),
     ],
 )
@@ -59,3 +61,22 @@ def test_conv_backward_is_deterministic():
     w, b = torch.randn(8, 4, generator=g).to(DEVICE), torch.randn(8, generator=g).to(DEVICE)
     first, second = causal_conv1d_silu_bwd(du, x, w, b), causal_conv1d_silu_bwd(du, x, w, b)
     assert all(torch.equal(a, c) for a, c in zip(first, second, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv_backward_in_du_scratch(dtype):
+    """du_scratch=True: the same gradients, and du then holds the conv output's gradient
+    du * silu'(pre), rounded to x's dtype as torch's silu backward rounds it under autocast."""
+    g = torch.Generator().manual_seed(2)
+    x, du = (torch.randn(2, 10, 45, generator=g).to(dtype).to(DEVICE) for _ in range(2))
+    w, b = (torch.randn(*shape, generator=g).to(dtype).to(DEVICE) for shape in ((10, 4), (10,)))
+    want = causal_conv1d_silu_bwd(du, x, w, b)
+    scratch = du.clone()
+    got = causal_conv1d_silu_bwd(scratch, x, w, b, du_scratch=True)
+    assert all(torch.equal(a, c) for a, c in zip(want, got, strict=True))
+    pre = F.conv1d(x.float(), w.float()[:, None, :], b.float(), padding=3, groups=10)[..., :45].to(dtype)
+    pre_leaf = pre.float().requires_grad_(True)
+    (dpre,) = torch.autograd.grad(F.silu(pre_leaf), pre_leaf, du.float())
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=2e-2)
+    torch.testing.assert_close(scratch.float(), dpre.to(dtype).float(), **tol)
+    assert not torch.equal(scratch, du)
