@@ -112,3 +112,20 @@ def test_projections_under_autocast_cast_the_weight_not_its_batch_copies():
     torch.einsum("de,bel->bld", ref[1], want).square().sum().backward()
     for got, expect in zip(leaves, ref, strict=True):
         torch.testing.assert_close(got.grad, expect.grad, rtol=5e-2, atol=5e-2 * expect.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("token_major", [False, True])
+def test_channel_major_product_gradients_and_layout(token_major):
+    """channel_major against float64 gradcheck, for a channel-major x and for the transposed view of
+    a token-major (B, L, in) tensor, whose gradient must keep that layout (no copy back for the
+    residual stream's backward)."""
+    from core.ops.mamba_inner import channel_major
+
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(5, 3, generator=g, dtype=torch.float64).requires_grad_(True)
+    x = torch.randn(2, 6, 3, generator=g, dtype=torch.float64).transpose(1, 2) if token_major else (
+        torch.randn(2, 3, 6, generator=g, dtype=torch.float64))  # fmt: skip
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(channel_major, (w, x))
+    (dx,) = torch.autograd.grad(channel_major(w, x).sum(), x)
+    assert dx.transpose(1, 2).is_contiguous() == token_major and dx.is_contiguous() != token_major

@@ -80,3 +80,22 @@ def test_conv_backward_in_du_scratch(dtype):
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=2e-2)
     torch.testing.assert_close(scratch.float(), dpre.to(dtype).float(), **tol)
     assert not torch.equal(scratch, du)
+
+
+@pytest.mark.parametrize("dtype,du2_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                             (torch.bfloat16, torch.float32)])  # fmt: skip
+def test_conv_backward_adds_a_second_du(dtype, du2_dtype):
+    """du2 is summed in the kernel as torch sums the two gradients (rounded to their dtype): the same
+    gradients as a backward of du + du2, bit for bit."""
+    g = torch.Generator().manual_seed(3)
+    x, du = (torch.randn(2, 10, 45, generator=g).to(dtype).to(DEVICE) for _ in range(2))
+    du2 = torch.randn(2, 10, 45, generator=g).to(du2_dtype).to(DEVICE)
+    w, b = (torch.randn(*shape, generator=g).to(dtype).to(DEVICE) for shape in ((10, 4), (10,)))
+    summed = du + du2
+    if DEVICE == "cpu" and summed.dtype == torch.bfloat16:
+        # Triton's interpreter casts float32 to bf16 toward zero (no rounding mode); a GPU to nearest even, as torch
+        exact = (du.float() + du2.float()).view(torch.int32)
+        summed = (exact & -65536).view(torch.float32).to(torch.bfloat16)
+    want = causal_conv1d_silu_bwd(summed, x, w, b)
+    got = causal_conv1d_silu_bwd(du.clone(), x, w, b, du_scratch=True, du2=du2)
+    assert all(torch.equal(a, c) for a, c in zip(want, got, strict=True))
