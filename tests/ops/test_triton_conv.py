@@ -29,6 +29,7 @@ def reference(x, w, b):
         (2, 16, 70, 2, False, torch.float32),
         (2, 9, 40, 3, True, torch.float32),
         (1, 8, 37, 5, True, torch.float32),  # taps past a block edge on both sides
+        (1, 20, 300, 4, True, torch.float32),  # crosses the GPU's 128- and 256-step block edges too
         (2, 10, 45, 4, True, torch.bfloat16),
     ],
 )
