@@ -66,8 +66,7 @@ def channel_major(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if not torch.is_autocast_enabled(device):
         return _ChannelMajor.apply(weight, x)
     dtype = torch.get_autocast_dtype(device)  # both operands cast as autocast casts a bmm's
-    with torch.autocast(device, enabled=False):
-        return _ChannelMajor.apply(weight.to(dtype), x.to(dtype))
+    return _ChannelMajor.apply(weight.to(dtype), x.to(dtype))
 
 
 def _conv_args(x_pre, conv_w, conv_b):

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_scan_fwd import _sigmoid
+
 
 @triton.jit
 def _window(row, offs_l, e_mask, length, first, N: tl.constexpr):
@@ -99,7 +101,7 @@ def _conv_silu_dpre_kernel(
     if HAS_DU2:
         du = (du + tl.load(du2_ptr + rows + offs_l, mask=in_range, other=0.0).to(tl.float32)).to(OUT_DTYPE)
         du = du.to(tl.float32)
-    sig = 1.0 / (1.0 + tl.exp(-pre))
+    sig = _sigmoid(pre)
     dpre = (du * sig * (1.0 + pre * (1.0 - sig))).to(OUT_DTYPE)
     tl.store(dpre_ptr + rows + offs_l, dpre, mask=in_range)
     dpre = dpre.to(tl.float32)  # 0 past the ends: du loads as 0 there

@@ -39,9 +39,9 @@ BWD_SEG_KERNEL; packed rows on a GPU excepted, see _seq_segments_ok), the tile-s
 (BWD_KERNEL: the step one is exact but slower, see its setting). On a GPU the step kernels run
 only with one channel per lane (_one_per_lane).
 
-Speed (benchmarks/results/README.md, H200, fwd+bwd against mamba_ssm's CUDA kernel, session 8):
-1.43-1.45x at the two 2^20-step anchor shapes, 1.04x at 4 x 1536 x 16384 and 0.98-0.99x at
-8 x 2048 x 4096; the forward alone 0.94-1.09x. The backward kernel (~3/4 of the time) is bound by
+Speed (benchmarks/results/README.md, H200, fwd+bwd against mamba_ssm's CUDA kernel, session 9):
+1.47-1.50x at the two 2^20-step anchor shapes, 1.07x at 4 x 1536 x 16384 and 1.11x at
+8 x 2048 x 4096; the forward alone 0.95-1.07x. The backward kernel (~3/4 of the time) is bound by
 instruction issue: its two tile scans, their flips and the sums over states cost ~32 instructions
 per state-step, near the floor of this design (benchmarks/sass_stats.py counts SASS without a GPU).
 Host time counts too: the GPU waits for the Python before a call's first long kernel, so eager
@@ -380,7 +380,7 @@ def _padded_bc(M: torch.Tensor, padded_length: int, NP: int, acc: torch.dtype) -
         if M.dtype != acc:  # one call: a conversion always copies, into the memory format asked for
             return grouped.transpose(2, 3).to(acc, memory_format=torch.contiguous_format)
         # (not .to() here: with the dtype unchanged it returns the transposed view itself)
-        return torch.empty(batch, groups, length, d_state, dtype=acc, device=M.device).copy_(grouped.transpose(2, 3))
+        return grouped.transpose(2, 3).contiguous()
     out = torch.zeros(batch, groups, padded_length, NP, dtype=acc, device=M.device)
     out[:, :, :length, :d_state] = grouped.transpose(2, 3)
     return out
